@@ -1,0 +1,1 @@
+"""Command-line interface: parse, build options, call one library function, print."""

@@ -1,0 +1,137 @@
+"""Text side: tied embeddings, unimodal (text-embedding) stack, multimodal (captioning) stack.
+
+Two ways through the same weights: `forward` over whole sequences (training, text
+embeddings) and `step` over one token with fixed-capacity caches (decoding, export).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rsicrc.config import ModelConfig
+from rsicrc.model.attention import DecoderAttention
+
+
+def sinusoid_table(length: int, width: int) -> Tensor:
+    """Classic sin/cos positions: [length, width]."""
+    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # [L, 1]
+    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm layer: causal self-attention [-> cross-attention] -> GELU feed-forward."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+        super().__init__()
+        c = cfg.d_model
+        self.self_attn = DecoderAttention(c, cfg.num_heads, cfg.dropout)
+        self.sa_norm = nn.LayerNorm(c)
+        self.cross_attn = DecoderAttention(c, cfg.num_heads, cfg.dropout) if cross else None
+        self.mha_norm = nn.LayerNorm(c) if cross else None
+        self.ff_linear1 = nn.Linear(c, 4 * c)
+        self.ff_linear2 = nn.Linear(4 * c, c)
+        self.ff_norm = nn.LayerNorm(c)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        h = self.drop(F.gelu(self.ff_linear1(x)))  # [B, L, 4C]
+        return self.ff_norm(x + self.drop(self.ff_linear2(h)))  # [B, L, C]
+
+    def forward(self, x: Tensor, memory: Tensor | None = None) -> Tensor:
+        x = self.sa_norm(x + self.drop(self.self_attn(x, causal=True)))  # [B, L, C]
+        if self.cross_attn is not None and self.mha_norm is not None:
+            x = self.mha_norm(x + self.drop(self.cross_attn(x, memory=memory)))  # [B, L, C]
+        return self.feed_forward(x)
+
+    def step(self, x: Tensor, onehot: Tensor, valid: Tensor, k_cache: Tensor, v_cache: Tensor,
+             cross_kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, 1, C]; caches [B, H, S, dh]; cross_kv [B, H, N, dh] x2 for multimodal layers."""
+        sa, k_cache, v_cache = self.self_attn.step_self(x, onehot, valid, k_cache, v_cache)
+        x = self.sa_norm(x + sa)  # [B, 1, C]
+        if self.cross_attn is not None and self.mha_norm is not None and cross_kv is not None:
+            x = self.mha_norm(x + self.cross_attn.step_cross(x, *cross_kv))  # [B, 1, C]
+        return self.feed_forward(x), k_cache, v_cache
+
+
+Cache = list[tuple[Tensor, Tensor]]
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokens_embed = nn.Embedding(vocab_size, cfg.d_model)
+        nn.init.uniform_(self.tokens_embed.weight, -0.1, 0.1)
+        self.register_buffer("pe", sinusoid_table(cfg.max_len, cfg.d_model), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.uni = nn.ModuleList(DecoderLayer(cfg, cross=False) for _ in range(cfg.decoder_layers))
+        self.cross = nn.ModuleList(DecoderLayer(cfg, cross=True) for _ in range(cfg.decoder_layers))
+
+    @property
+    def layers(self) -> list[DecoderLayer]:
+        """All layers in cache order: unimodal first, then multimodal."""
+        return [*self.uni, *self.cross]
+
+    def lm_head(self, x: Tensor) -> Tensor:
+        return x @ self.tokens_embed.weight.t()  # tied, no bias: [.., V]
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens [B, L] -> [B, L, C] (L <= max_len)."""
+        return self.drop(self.tokens_embed(tokens) + self.pe[: tokens.shape[1]])
+
+    def unimodal(self, tokens: Tensor) -> Tensor:
+        x = self.embed(tokens)  # [B, L, C]
+        for layer in self.uni:
+            x = layer(x)  # [B, L, C]
+        return x
+
+    def text_embedding(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Hidden state of the unimodal stack at the END token (index lengths-1): [B, C]."""
+        hidden = self.unimodal(tokens)  # [B, L, C]
+        idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return hidden.gather(1, idx).squeeze(1)  # [B, C]
+
+    def forward(self, tokens: Tensor, lengths: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens [B, L], memory [B, N, C] -> logits [B, L, V], text embedding [B, C]."""
+        x = self.unimodal(tokens)  # [B, L, C]
+        idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, x.shape[-1])
+        text = x.gather(1, idx).squeeze(1)  # [B, C]
+        for layer in self.cross:
+            x = layer(x, memory)  # [B, L, C]
+        return self.lm_head(x), text
+
+    def cross_keys_values(self, memory: Tensor) -> Cache:
+        """Cross-attention K/V of every multimodal layer, once per pair: [B, H, N, dh] each."""
+        return [layer.cross_attn.keys_values(memory) for layer in self.cross]  # type: ignore[union-attr]
+
+    def empty_cache(self, batch: int, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> Cache:
+        shape = (batch, self.cfg.num_heads, self.cfg.max_len, self.cfg.head_dim)
+        return [(torch.zeros(shape, device=device, dtype=dtype),
+                 torch.zeros(shape, device=device, dtype=dtype)) for _ in self.layers]
+
+    def step(self, tokens: Tensor, step: Tensor, cache: Cache, cross_kv: Cache) -> tuple[Tensor, Cache]:
+        """One decoding step. tokens int64 [B]; step int64 [] (position of `tokens`);
+        cache: (K, V) [B, H, S, dh] per layer (uni then multimodal); cross_kv: per multimodal layer.
+        Returns logits [B, V] and the updated cache. `step` only enters elementwise ops."""
+        slots = torch.arange(self.cfg.max_len, device=tokens.device)  # [S]
+        onehot = (slots == step).to(self.pe.dtype)  # [S]
+        valid = slots <= step  # [S]
+        pos = (onehot @ self.pe).view(1, 1, -1)  # [1, 1, C]
+        x = self.tokens_embed(tokens).unsqueeze(1) + pos  # [B, 1, C]
+        new_cache: Cache = []
+        layers = self.layers
+        n_uni = len(self.uni)
+        for i, layer in enumerate(layers):
+            kv = cross_kv[i - n_uni] if i >= n_uni else None
+            x, k, v = layer.step(x, onehot, valid, cache[i][0], cache[i][1], kv)
+            new_cache.append((k, v))
+        return self.lm_head(x[:, 0]), new_cache  # [B, V]

@@ -1,0 +1,1 @@
+"""torch-free deployed runtime"""
