@@ -88,7 +88,7 @@ def validation_loss(model: RSICRC, loader: DataLoader, device: torch.device, con
     for batch in loader:
         total, ce, nce = batch_loss(model, batch.to(device), config, matcher, amp)
         k = batch.tokens.shape[0]
-        sums = [s + float(v) * k for s, v in zip(sums, (total, ce, nce), strict=True)]
+        sums = [s + v.item() * k for s, v in zip(sums, (total, ce, nce), strict=True)]
         n += k
     model.train()
     return {"loss": sums[0] / n, "ce": sums[1] / n, "nce": sums[2] / n}
@@ -204,7 +204,7 @@ def train(opts: TrainOptions) -> TrainResult:
                 scheduler.step()
                 step += 1
                 bar.update(1)
-                bar.set_postfix(ce=f"{float(ce):.3f}", nce=f"{float(nce):.3f}", refresh=False)
+                bar.set_postfix(ce=f"{ce.item():.3f}", nce=f"{nce.item():.3f}", refresh=False)
                 if step % opts.save_every == 0:
                     snapshot()
                 out_of_time = opts.max_minutes is not None and (
