@@ -20,7 +20,7 @@ def tiny_model(vocab: int = 40, **changes: object) -> RSICRC:
 def test_cached_steps_equal_full_forward() -> None:
     model = tiny_model()
     b, n = 3, 14
-    before, after = torch.randn(b, 3, 224, 224), torch.randn(b, 3, 224, 224)
+    before, after = torch.randn(b, 3, 128, 128), torch.randn(b, 3, 128, 128)
     tokens = torch.randint(4, 40, (b, n))
     tokens[:, 0] = 1
     with torch.no_grad():
@@ -39,7 +39,7 @@ def test_cached_steps_equal_full_forward() -> None:
 def test_decode_step_uses_the_cache() -> None:
     """A wrong prefix in the cache must change the logits (the cache is really read)."""
     model = tiny_model()
-    before, after = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 224, 224)
+    before, after = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         _, _, cross = model.encode_images(before, after)
         outs = []
@@ -60,7 +60,7 @@ def test_text_embedding_ignores_padding() -> None:
 
 
 def test_value_from_key_quirk_changes_the_encoder() -> None:
-    before, after = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 224, 224)
+    before, after = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)
     plain, quirk = tiny_model(), tiny_model(value_from_key=True)
     quirk.load_state_dict(plain.state_dict())
     with torch.no_grad():

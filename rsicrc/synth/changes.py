@@ -15,8 +15,16 @@ import numpy as np
 
 from rsicrc.synth.items import EXTENT, Item, Patch, Point, Slab, Tree, Water, box_corners
 from rsicrc.synth.objects import (
-    bezier, blob, make_house, make_lot, make_pool, make_road, make_tree, polyline_distance,
-    ragged_rect, tree_cluster,
+    bezier,
+    blob,
+    make_house,
+    make_lot,
+    make_pool,
+    make_road,
+    make_tree,
+    polyline_distance,
+    soft_rect,
+    tree_cluster,
 )
 
 CELL = EXTENT / 3
@@ -48,7 +56,7 @@ def _clamp(v: float, half: float, margin: float = 4.0) -> float:
 
 def _ground(rng: np.random.Generator, pts: list[Point], pad: float, cover: str) -> Patch:
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    return Patch(ragged_rect(rng, min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad),
+    return Patch(soft_rect(rng, min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad),
                  cover)
 
 
@@ -65,12 +73,12 @@ def _number(rng: np.random.Generator, count: str, cell: tuple[int, int]) -> int:
             "a row of": 3 if corner else int(rng.integers(4, 6))}[count]
 
 
-def _house_grid(rng: np.random.Generator, n: int, cell: tuple[int, int], count: str,
+def house_grid(rng: np.random.Generator, n: int, cell: tuple[int, int], count: str,
                 small: bool) -> tuple[list[Point], float, float, float]:
     """Centres of n houses arranged around the cell centre, plus length, depth, angle."""
-    length = float(rng.uniform(20, 25) if small else rng.uniform(26, 36))
+    length = float(rng.uniform(24, 30) if small else rng.uniform(30, 40))
     depth = float(length * rng.uniform(0.66, 0.8))
-    vertical_row = cell[1] != 1 and cell[0] == 1 or (cell == (1, 1) and rng.random() < 0.5)
+    vertical_row = (cell[1] != 1 and cell[0] == 1) or (cell == (1, 1) and rng.random() < 0.5)
     angle = (math.pi / 2 if rng.random() < 0.5 else 0.0) + float(rng.uniform(-0.05, 0.05))
     fx, fy = (depth, length) if abs(angle) > 1 else (length, depth)
     gap = float(rng.uniform(7, 11))
@@ -79,7 +87,7 @@ def _house_grid(rng: np.random.Generator, n: int, cell: tuple[int, int], count: 
     else:
         cols = {1: 1, 2: 2, 3: 3, 4: 2, 5: 3, 6: 3, 7: 3, 8: 4, 9: 3}[n]
         rows = math.ceil(n / cols)
-        if cell[1] != 1 and cell[0] == 1 or (n == 3 and rng.random() < 0.3):
+        if (cell[1] != 1 and cell[0] == 1) or (n == 3 and rng.random() < 0.3):
             rows, cols = cols, rows
     px, py = fx + gap, fy + gap
     cx, cy = _anchor(rng, cell)
@@ -96,8 +104,8 @@ def houses_built(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan:
     count = _count(rng, {"a": 2, "two": 2, "three": 1.5, "several": 1.5, "many": 1.5,
                          "a row of": 1.5})
     n = _number(rng, count, cell)
-    pts, length, depth, angle = _house_grid(rng, n, cell, count, n > 3)
-    houses = tuple(make_house(rng, x, y, angle, length, depth) for x, y in pts)
+    pts, length, depth, angle = house_grid(rng, n, cell, count, n > 3)
+    houses = tuple(make_house(rng, x, y, angle, length, depth, n == 1) for x, y in pts)
     cover = "bare" if rng.random() < 0.6 else "grass"
     patch = _ground(rng, pts, length * 0.6 + 10, cover)
     return ChangePlan("houses_built", count, n, "bareland" if cover == "bare" else "grass", "",
@@ -107,8 +115,8 @@ def houses_built(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan:
 def houses_demolished(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan:
     count = _count(rng, {"a": 2, "two": 2, "three": 1.5, "several": 1.5, "a row of": 1.5})
     n = _number(rng, count, cell)
-    pts, length, depth, angle = _house_grid(rng, n, cell, count, n > 3)
-    houses = tuple(make_house(rng, x, y, angle, length, depth) for x, y in pts)
+    pts, length, depth, angle = house_grid(rng, n, cell, count, n > 3)
+    houses = tuple(make_house(rng, x, y, angle, length, depth, n == 1) for x, y in pts)
     lawn = _ground(rng, pts, length * 0.6 + 10, "grass" if rng.random() < 0.6 else "bare")
     found = rng.random() < 0.5
     after: list[Item] = []
@@ -117,7 +125,8 @@ def houses_demolished(rng: np.random.Generator, cell: tuple[int, int]) -> Change
             after.append(Patch(tuple(box_corners(b, 4.0)), "bare"))
             if found:
                 after.append(Slab(tuple(box_corners(b, -1.5)), float(rng.uniform(0.82, 0.95))))
-    return ChangePlan("houses_demolished", count, n, "houses", "foundation" if found else "bareland",
+    left = "foundation" if found else "bareland"
+    return ChangePlan("houses_demolished", count, n, "houses", left,
                       houses, tuple(after), (lawn,))
 
 
@@ -172,7 +181,8 @@ def road_built(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan:
     width = float(rng.uniform(11, 16))
     bulb_last = shape != "curved" and any(
         0 < v < EXTENT for v in lines[-1][-1]) and rng.random() < 0.7
-    roads = [make_road(rng, ln, bulb=(bulb_last and i == len(lines) - 1), width=width)
+    roads = [make_road(rng, ln, bulb=(bulb_last and i == len(lines) - 1), width=width,
+                       concrete=False)
              for i, ln in enumerate(lines)]
     roll = rng.random()
     cover = "trees" if roll < 0.35 else ("bare" if roll < 0.7 else "grass")
@@ -220,15 +230,18 @@ def trees_removed(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan
             off = (k - (n - 1) / 2) * step
             x, y = (cx, cy + off) if vertical else (cx + off, cy)
             trees.append(make_tree(rng, x + rng.uniform(-1, 1), y + rng.uniform(-1, 1), r))
+    trees = [t for t in trees if t.r <= t.x <= EXTENT - t.r and t.r <= t.y <= EXTENT - t.r]
     under = "grass" if rng.random() < 0.7 else "bare"
     pts = [(t.x, t.y) for t in trees]
-    shared = (_ground(rng, pts, 16, under),)
+    patch = _ground(rng, pts, 16, under)
     after: tuple[Item, ...] = ()
     left = "grass" if under == "grass" else "bareland"
-    if under == "grass" and rng.random() < 0.5:
-        after = (_ground(rng, pts, 10, "bare"),)
+    if under == "grass" and rng.random() < 0.5:  # cleared down to the soil
+        after = (Patch(patch.points, "bare"),)
         left = "bareland"
-    return ChangePlan("trees_removed", count, len(trees), "trees", left, tuple(trees), after, shared)
+    shared = (patch,)
+    return ChangePlan("trees_removed", count, len(trees), "trees", left, tuple(trees), after,
+                      shared)
 
 
 def parking_built(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan:
@@ -278,12 +291,11 @@ def pool_built(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan:
     for k in range(n):
         x = cx + (k - (n - 1) / 2) * (length + gap)
         y = cy - side * (depth / 2 + 7)
-        h = make_house(rng, x, y, 0.0, length, depth)
-        h = type(h)(h.parts[:1], h.roof, h.style, h.height)  # plain box, yard stays free
-        houses.append(h)
-        p = make_pool(rng, x + rng.uniform(-4, 4), y + side * (depth / 2 + 11), 0.0)
+        houses.append(make_house(rng, x, y, 0.0, length, depth, wing=False))
+        p = make_pool(rng, x + rng.uniform(-4, 4), y + side * (depth / 2 + 13), 0.0)
         pools.append(p)
-        pts += [(x - length / 2, y - depth / 2), (x + length / 2, p.cy + 8)]
+        pts += [(x - length / 2, y - depth / 2), (x + length / 2, y + depth / 2),
+                (p.cx, p.cy - 9), (p.cx, p.cy + 9)]
     lawn = _ground(rng, pts, 8, "grass")
     return ChangePlan("pool_built", count, n, "houses", "yard", (), tuple(pools),
                       (lawn, *houses))
@@ -305,7 +317,8 @@ def pond_appeared(rng: np.random.Generator, cell: tuple[int, int]) -> ChangePlan
                  Water(blob(rng, cx + dx, cy + dy, rx, ry), "water")]
     cover = "bare" if rng.random() < 0.5 else "grass"
     pts = [p for w in ponds for p in w.points]
-    return ChangePlan("pond_appeared", count, len(ponds), "bareland" if cover == "bare" else "grass",
+    context = "bareland" if cover == "bare" else "grass"
+    return ChangePlan("pond_appeared", count, len(ponds), context,
                       "", (), tuple(ponds), (_ground(rng, pts, 12, cover),))
 
 

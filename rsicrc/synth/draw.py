@@ -22,7 +22,6 @@ from rsicrc.synth.items import (
     offset_polyline,
 )
 
-
 SHADOW_DEPTH = 0.6  # fraction of light a full shadow removes
 _SHADE = [int(round(255 - SHADOW_DEPTH * v)) for v in range(256)]
 

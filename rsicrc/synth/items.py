@@ -15,8 +15,8 @@ Point = tuple[float, float]
 RGB = tuple[float, float, float]
 EXTENT = 256.0  # canonical image side
 
-# Draw layers (lower first). Ground-level cover is composited in numpy before these.
-LAYER_PATH, LAYER_ROAD, LAYER_FLAT, LAYER_POOL, LAYER_HOUSE, LAYER_TREE = 1, 2, 3, 4, 6, 7
+# Draw order (render.py): ground cover (Patch, Water), then Path, Road, Lot and Slab, Pool,
+# shadows, House, Tree (trees sorted top to bottom).
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ class Road:
     sidewalk: bool  # draw sidewalks on both sides
     concrete: bool  # light cement surface instead of asphalt
     bulb: bool  # round turning circle at the last point
-    layer: int = LAYER_ROAD
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,6 @@ class Path:
 
     points: tuple[Point, ...]  # centre line
     width: float  # track width
-    layer: int = LAYER_PATH
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,6 @@ class Lot:
     depth: float  # stall depth
     vertical: bool  # stalls rows run along y instead of x
     cars: tuple[Car, ...]  # parked cars
-    layer: int = LAYER_FLAT
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,6 @@ class Slab:
 
     points: tuple[Point, ...]  # polygon
     tone: float  # brightness factor relative to the style's concrete
-    layer: int = LAYER_FLAT
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,6 @@ class Pool:
     length: float  # along `angle`
     width: float
     angle: float  # radians
-    layer: int = LAYER_POOL
 
 
 @dataclass(frozen=True)
@@ -133,7 +128,6 @@ class House:
     roof: RGB  # roof base colour
     style: str  # "hip", "gable" or "flat"
     height: float  # shadow length factor
-    layer: int = LAYER_HOUSE
 
 
 @dataclass(frozen=True)
@@ -145,7 +139,6 @@ class Tree:
     r: float  # canopy radius
     tone: float  # brightness factor of the canopy
     lumps: tuple[tuple[float, float, float], ...]  # (dx, dy, radius) sub-canopies
-    layer: int = LAYER_TREE
 
 
 Item = Patch | Water | Road | Path | Lot | Slab | Pool | House | Tree
@@ -157,10 +150,6 @@ def box_corners(b: Box, grow: float = 0.0) -> list[Point]:
     hl, hd = b.length / 2 + grow, b.depth / 2 + grow
     return [(b.cx + c * u - s * v, b.cy + s * u + c * v)
             for u, v in ((-hl, -hd), (hl, -hd), (hl, hd), (-hl, hd))]
-
-
-def rect_points(cx: float, cy: float, length: float, depth: float, angle: float) -> tuple[Point, ...]:
-    return tuple(box_corners(Box(cx, cy, length, depth, angle)))
 
 
 def item_bounds(item: Item) -> tuple[float, float, float, float]:

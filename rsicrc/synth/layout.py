@@ -10,12 +10,34 @@ import math
 
 import numpy as np
 
+from rsicrc.synth.changes import house_grid
 from rsicrc.synth.items import (
-    EXTENT, House, Item, Patch, Path, Point, Road, Slab, Style, Tree, Water, item_bounds,
+    EXTENT,
+    Box,
+    House,
+    Item,
+    Patch,
+    Path,
+    Point,
+    Road,
+    Slab,
+    Style,
+    Tree,
+    Water,
+    box_corners,
+    item_bounds,
     offset_polyline,
 )
 from rsicrc.synth.objects import (
-    Occupancy, bezier, blob, make_house, make_lot, make_pool, make_road, make_tree, ragged_rect,
+    Occupancy,
+    bezier,
+    blob,
+    make_house,
+    make_lot,
+    make_pool,
+    make_road,
+    make_tree,
+    soft_rect,
     tree_cluster,
 )
 
@@ -27,18 +49,23 @@ def _edge_point(rng: np.random.Generator, side: int) -> Point:
     return ((t, LO), (HI, t), (t, HI), (LO, t))[side]
 
 
-def _road_lines(rng: np.random.Generator) -> list[Point]:
+def _road_lines(rng: np.random.Generator) -> tuple[list[Point], bool]:
+    """A road centre line and whether it ends inside the image (a cul-de-sac)."""
     roll = rng.random()
-    if roll < 0.65:  # straight across, horizontal or vertical, slightly tilted
+    if roll < 0.65:  # straight, horizontal or vertical, slightly tilted; sometimes a dead end
         v = float(rng.uniform(24, EXTENT - 24))
         tilt = float(rng.uniform(-12, 12))
-        pts = [(LO, v), (HI, v + tilt)]
-        return pts if rng.random() < 0.5 else [(y, x) for x, y in pts]
+        dead_end = roll < 0.1
+        end = float(rng.uniform(90, 200)) if dead_end else HI
+        pts = [(LO, v), (end, v + tilt * (end - LO) / (HI - LO))]
+        if rng.random() < 0.5:
+            pts = [(EXTENT - x, y) for x, y in pts]
+        return (pts if rng.random() < 0.5 else [(y, x) for x, y in pts]), dead_end
     a = int(rng.integers(4))
     b = (a + int(rng.integers(1, 4))) % 4
     p0, p2 = _edge_point(rng, a), _edge_point(rng, b)
     ctrl = (float(rng.uniform(50, EXTENT - 50)), float(rng.uniform(50, EXTENT - 50)))
-    return bezier(p0, ctrl, p2)
+    return bezier(p0, ctrl, p2), False
 
 
 def _along(points: tuple[Point, ...], step: float) -> list[tuple[Point, Point]]:
@@ -61,7 +88,7 @@ def _along(points: tuple[Point, ...], step: float) -> list[tuple[Point, Point]]:
 def _line_houses(rng: np.random.Generator, occ: Occupancy, road: Road, density: float,
                  items: list[Item]) -> None:
     """Houses facing the road on both sides, with driveways, some pools and yard trees."""
-    length = float(rng.uniform(26, 36))
+    length = float(rng.uniform(30, 42))
     depth = float(length * rng.uniform(0.65, 0.8))
     setback = float(rng.uniform(9, 16))
     for (px, py), (tx, ty) in _along(road.points, length + float(rng.uniform(10, 18))):
@@ -84,7 +111,7 @@ def _line_houses(rng: np.random.Generator, occ: Occupancy, road: Road, density: 
                      for s, d in ((-3, d0), (3, d0), (3, d1), (-3, d1))]
             if rng.random() < 0.75:
                 items.append(Slab(tuple(drive), float(rng.uniform(0.95, 1.05))))
-            back = off + depth / 2 + 11
+            back = off + depth / 2 + 13
             if rng.random() < 0.25:
                 pool = make_pool(rng, px + nx * back + tx * u, py + ny * back + ty * u,
                                  math.atan2(ty, tx))
@@ -136,18 +163,18 @@ def _trees(rng: np.random.Generator, occ: Occupancy, n_clusters: int, items: lis
 
 def static_items(rng: np.random.Generator, occ: Occupancy, style: Style) -> list[Item]:
     """Fill the free part of the image with a plausible suburb, building site or countryside."""
-    kind = str(rng.choice(["suburb", "site", "rural"], p=[0.4, 0.35, 0.25]))
+    kind = str(rng.choice(["suburb", "site", "rural"], p=[0.5, 0.3, 0.2]))
     items: list[Item] = []
     patches: list[Item] = []
     base = occ.grid.copy()  # roads may cross each other but not a change region
-    n_roads = {"suburb": int(rng.integers(1, 3)), "site": int(rng.integers(0, 3)),
+    n_roads = {"suburb": int(rng.integers(1, 4)), "site": int(rng.integers(0, 3)),
                "rural": int(rng.integers(0, 2))}[kind]
     roads: list[Road] = []
     for _ in range(n_roads * 3):
         if len(roads) >= n_roads:
             break
-        pts = _road_lines(rng)
-        road = make_road(rng, pts)
+        pts, dead_end = _road_lines(rng)
+        road = make_road(rng, pts, bulb=dead_end)
         probe = Occupancy()
         probe.grid = base
         if not probe.free_line(road.points, road.width + 24):
@@ -166,7 +193,8 @@ def static_items(rng: np.random.Generator, occ: Occupancy, style: Style) -> list
         if spot is not None:
             rx, ry = float(rng.uniform(18, 34)), float(rng.uniform(16, 30))
             items.append(Water(blob(rng, spot[0], spot[1], rx, ry), "water"))
-            occ.mark((spot[0] - rx * 1.3, spot[1] - ry * 1.3, spot[0] + rx * 1.3, spot[1] + ry * 1.3))
+            occ.mark((spot[0] - rx * 1.3, spot[1] - ry * 1.3,
+                      spot[0] + rx * 1.3, spot[1] + ry * 1.3))
     if rng.random() < 0.2:
         w, h = float(rng.uniform(50, 76)), float(rng.uniform(34, 44))
         spot = _free_spot(rng, occ, w / 2, h / 2)
@@ -174,24 +202,36 @@ def static_items(rng: np.random.Generator, occ: Occupancy, style: Style) -> list
             x0, y0 = spot[0] - w / 2, spot[1] - h / 2
             items.append(make_lot(rng, x0, y0, x0 + w, y0 + h))
             occ.mark((x0, y0, x0 + w, y0 + h), 2)
-    for _ in range(int(rng.integers(0, 4 if kind != "suburb" else 2))):
+    for _ in range(int(rng.integers(*{"suburb": (0, 3), "site": (1, 5), "rural": (0, 4)}[kind]))):
         spot = _free_spot(rng, occ, 22, 22)
         if spot is not None:
             big = rng.random() < 0.2
-            ln = float(rng.uniform(40, 56) if big else rng.uniform(26, 36))
-            h = make_house(rng, spot[0], spot[1], float(rng.uniform(0, math.pi)), ln,
+            ln = float(rng.uniform(44, 60) if big else rng.uniform(28, 40))
+            turn = float(rng.uniform(0, math.pi)) if rng.random() < 0.3 else (
+                float(rng.integers(2)) * math.pi / 2 + float(rng.uniform(-0.08, 0.08)))
+            h = make_house(rng, spot[0], spot[1], turn, ln,
                            ln * float(rng.uniform(0.6, 0.8)))
             if big:
                 h = House((h.parts[0],), h.roof, "flat", h.height * 1.4)
             if occ.free(item_bounds(h), 2):
                 items.append(h)
                 occ.mark(item_bounds(h), 2)
-    n_clusters = {"suburb": int(rng.integers(0, 3)), "site": int(rng.integers(0, 4)),
-                  "rural": int(rng.integers(2, 6))}[kind]
+    if rng.random() < 0.3:  # an existing block of houses (grids are not only new builds)
+        cell = (int(rng.integers(3)), int(rng.integers(3)))
+        n = int(rng.integers(2, 7))
+        pts, length, depth, angle = house_grid(rng, n, cell, "several", n > 3)
+        block = [make_house(rng, x, y, angle, length, depth, False) for x, y in pts]
+        if all(occ.free(item_bounds(h), 2) for h in block):
+            items.extend(block)
+            for h in block:
+                occ.mark(item_bounds(h), 2)
+    n_clusters = {"suburb": int(rng.integers(1, 5)), "site": int(rng.integers(1, 5)),
+                  "rural": int(rng.integers(3, 8))}[kind]
     _trees(rng, occ, n_clusters, items)
     if rng.random() < (0.5 if kind != "suburb" else 0.15):
         a = int(rng.integers(4))
-        pts = bezier(_edge_point(rng, a), (float(rng.uniform(40, 216)), float(rng.uniform(40, 216))),
+        mid = (float(rng.uniform(40, 216)), float(rng.uniform(40, 216)))
+        pts = bezier(_edge_point(rng, a), mid,
                      _edge_point(rng, (a + int(rng.integers(1, 4))) % 4), 14)
         path = Path(tuple(pts), float(rng.uniform(2.5, 4.5)))
         if occ.free_line(path.points, 8):
@@ -201,10 +241,16 @@ def static_items(rng: np.random.Generator, occ: Occupancy, style: Style) -> list
         r = float(rng.uniform(2.0, 4.5))
         if occ.free((x - r, y - r, x + r, y + r), 1):
             items.append(Tree(x, y, r, float(rng.uniform(0.7, 0.95)), ()))
-    if rng.random() < 0.35:  # a stray patch of the other ground cover
-        spot = _free_spot(rng, occ, 30, 30, 4)
+    for _ in range(int(rng.integers(0, 3))):  # stray patches of either cover (decoys too)
+        hw, hh = float(rng.uniform(20, 45)), float(rng.uniform(20, 45))
+        spot = _free_spot(rng, occ, hw, hh, 4)
         if spot is not None:
-            patches.append(Patch(ragged_rect(rng, spot[0] - 30, spot[1] - 30, spot[0] + 30,
-                                             spot[1] + 30), "bare" if rng.random() < 0.5
-                                 else "grass"))
+            cover = "bare" if rng.random() < 0.6 else "grass"
+            patches.append(Patch(soft_rect(rng, spot[0] - hw, spot[1] - hh, spot[0] + hw,
+                                           spot[1] + hh), cover))
+            if cover == "bare" and kind == "site" and rng.random() < 0.4:  # an old slab
+                slab = Box(spot[0], spot[1], float(rng.uniform(20, 32)),
+                           float(rng.uniform(14, 22)), float(rng.integers(2)) * math.pi / 2)
+                items.append(Slab(tuple(box_corners(slab)), float(rng.uniform(0.82, 0.95))))
+            occ.mark((spot[0] - hw, spot[1] - hh, spot[0] + hw, spot[1] + hh))
     return patches + items

@@ -19,7 +19,8 @@ _FIELDS: dict[str, tuple[float, int, float]] = {
     "grass": (6.0, 4, 0.65),  # brightness variation of grass
     "mix": (5.0, 2, 0.5),  # blend between the two grass tones
     "edge": (12.0, 2, 0.5),  # raggedness of patch and water edges
-    "fine": (48.0, 2, 0.7),  # 2-5 px mottling of soil and grass
+    "fine": (40.0, 2, 0.8),  # 3-6 px mottling of soil and grass
+    "speck": (110.0, 1, 0.5),  # 1-2 px speckle
 }
 _BANK_IMAGES = 4  # bank fields are this many image sides across
 NOISE_SIGMAS: tuple[float, ...] = (1.0, 1.6, 2.2, 2.8)  # sensor noise strengths (grey levels)
@@ -75,6 +76,6 @@ class TextureBank:
         return self.grain[y:y + self.side, x:x + self.side]
 
     def take_noise(self, rng: np.random.Generator, level: int, size: int) -> np.ndarray:
-        """A size x size x 3 uint8 window of sensor noise (128 = no change) at NOISE_SIGMAS[level]."""
+        """A size x size x 3 uint8 window of sensor noise (128 = none) at NOISE_SIGMAS[level]."""
         y, x = (int(v) for v in rng.integers(0, 2 * self.side - size + 1, size=2))
         return self.noise[level][y:y + size, x:x + size]

@@ -8,13 +8,23 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from rsicrc.synth.items import (
-    EXTENT, RGB, Box, Car, House, Lot, Point, Pool, Road, Style, Tree,
+    EXTENT,
+    RGB,
+    Box,
+    Car,
+    House,
+    Lot,
+    Point,
+    Pool,
+    Road,
+    Style,
+    Tree,
 )
 
-_SOILS: tuple[RGB, ...] = ((198, 186, 160), (184, 170, 142), (210, 200, 180), (190, 163, 132),
-                           (174, 168, 152), (202, 180, 152))
-_GRASSES: tuple[RGB, ...] = ((112, 128, 78), (98, 120, 72), (134, 140, 94), (90, 112, 68),
-                             (122, 126, 86))
+_SOILS: tuple[RGB, ...] = ((198, 188, 158), (186, 176, 146), (210, 202, 178), (192, 176, 140),
+                           (176, 172, 152), (200, 188, 154))
+_GRASSES: tuple[RGB, ...] = ((108, 120, 72), (94, 110, 64), (128, 130, 86), (86, 102, 60),
+                             (116, 116, 78))
 _TREES: tuple[RGB, ...] = ((50, 70, 42), (58, 78, 46), (46, 64, 46), (64, 80, 52))
 ROOFS: tuple[RGB, ...] = ((112, 112, 118), (140, 140, 142), (88, 90, 96), (122, 98, 82),
                           (150, 122, 98), (152, 94, 78), (188, 178, 160), (108, 120, 132),
@@ -37,7 +47,7 @@ def make_style(rng: np.random.Generator) -> Style:
     sun = rng.uniform(-math.pi * 0.95, -math.pi * 0.55)  # towards the upper left, +-
     light = (math.cos(sun), math.sin(sun))
     mag = rng.uniform(0.8, 1.2)
-    a = rng.uniform(84, 112)
+    a = rng.uniform(98, 132)
     c = rng.uniform(182, 204)
     return Style(
         soil=_jit(rng, _pick(rng, _SOILS), 8),
@@ -53,10 +63,10 @@ def make_style(rng: np.random.Generator) -> Style:
 
 
 def make_house(rng: np.random.Generator, cx: float, cy: float, angle: float,
-               length: float, depth: float) -> House:
-    """A house of about length x depth; sometimes L-shaped, with a random roof."""
+               length: float, depth: float, wing: bool = True) -> House:
+    """A house of about length x depth; sometimes L-shaped (if `wing`), with a random roof."""
     parts = [Box(cx, cy, length, depth, angle)]
-    if rng.random() < 0.3:  # a wing at one end, perpendicular to the main body
+    if wing and rng.random() < 0.3:  # a wing at one end, perpendicular to the main body
         end = 1.0 if rng.random() < 0.5 else -1.0
         side = 1.0 if rng.random() < 0.5 else -1.0
         wl, wd = depth * rng.uniform(0.8, 1.1), length * rng.uniform(0.3, 0.42)
@@ -65,7 +75,7 @@ def make_house(rng: np.random.Generator, cx: float, cy: float, angle: float,
         parts.append(Box(cx + c * u - s * v, cy + s * u + c * v, wl, wd, angle + math.pi / 2))
     style = "hip" if rng.random() < 0.6 else ("gable" if rng.random() < 0.8 else "flat")
     return House(tuple(parts), _jit(rng, _pick(rng, ROOFS), 8), style,
-                 float(rng.uniform(3.0, 5.0)))
+                 float(rng.uniform(3.5, 6.0)))
 
 
 def make_tree(rng: np.random.Generator, x: float, y: float, r: float) -> Tree:
@@ -99,13 +109,20 @@ def blob(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float,
                  for ri, a in zip(r, k, strict=True))
 
 
-def ragged_rect(rng: np.random.Generator, x0: float, y0: float, x1: float,
-                y1: float) -> tuple[Point, ...]:
-    """A rectangle outline with jittered corners (a patch of different ground)."""
-    j = lambda: float(rng.uniform(-5, 5))  # noqa: E731
-    return ((x0 + j(), y0 + j()), ((x0 + x1) / 2 + j(), y0 + j()), (x1 + j(), y0 + j()),
-            (x1 + j(), (y0 + y1) / 2 + j()), (x1 + j(), y1 + j()), ((x0 + x1) / 2 + j(), y1 + j()),
-            (x0 + j(), y1 + j()), (x0 + j(), (y0 + y1) / 2 + j()))
+def soft_rect(rng: np.random.Generator, x0: float, y0: float, x1: float,
+              y1: float) -> tuple[Point, ...]:
+    """A rounded, slightly wobbly outline around a box (a patch of different ground)."""
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    a, b = (x1 - x0) / 2 * 1.12, (y1 - y0) / 2 * 1.12
+    n = 32
+    k = np.arange(n) * (2 * math.pi / n)
+    wob = np.ones(n)
+    for f in (2, 3, 5):
+        wob += rng.uniform(0.0, 0.05) * np.cos(f * k + rng.uniform(0, 2 * math.pi))
+    c, s = np.cos(k), np.sin(k)
+    px = np.sign(c) * np.abs(c) ** 0.5 * a * wob
+    py = np.sign(s) * np.abs(s) ** 0.5 * b * wob
+    return tuple((float(cx + x), float(cy + y)) for x, y in zip(px, py, strict=True))
 
 
 def make_lot(rng: np.random.Generator, x0: float, y0: float, x1: float, y1: float) -> Lot:
@@ -134,15 +151,16 @@ def make_lot(rng: np.random.Generator, x0: float, y0: float, x1: float, y1: floa
 
 
 def make_pool(rng: np.random.Generator, cx: float, cy: float, angle: float) -> Pool:
-    return Pool(float(cx), float(cy), float(rng.uniform(13, 19)), float(rng.uniform(7.5, 10.5)),
+    return Pool(float(cx), float(cy), float(rng.uniform(16, 22)), float(rng.uniform(9, 12)),
                 angle)
 
 
 def make_road(rng: np.random.Generator, points: list[Point], bulb: bool = False,
-              width: float | None = None) -> Road:
+              width: float | None = None, concrete: bool | None = None) -> Road:
     w = float(width if width is not None else rng.uniform(11, 16))
+    light = bool(rng.random() < 0.25) if concrete is None else concrete
     return Road(tuple((float(x), float(y)) for x, y in points), w, bool(rng.random() < 0.5),
-                bool(rng.random() < 0.25), bulb)
+                light, bulb)
 
 
 def bezier(p0: Point, p1: Point, p2: Point, n: int = 18) -> list[Point]:

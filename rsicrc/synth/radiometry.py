@@ -28,16 +28,16 @@ class Look:
     tint: tuple[float, float, float]  # per-channel factors (white balance)
     haze: float  # additive offset
     noise: int  # sensor noise level: index into noise.NOISE_SIGMAS
-    blur: float  # extra Gaussian blur radius in px, 0 for none
+    blur: float  # extra (box) blur radius in px at 256 px, 0 for none
     shift: tuple[int, int]  # (dx, dy) crop offset in px
 
 
 def _look(rng: np.random.Generator, blur: bool, shift: tuple[int, int]) -> Look:
-    tint = rng.uniform(0.96, 1.04, size=3)
+    tint = rng.uniform(0.975, 1.025, size=3)
     return Look(
-        season=float(rng.uniform(-0.7, 0.7)),
+        season=float(rng.uniform(-0.5, 0.5)),
         gain=float(rng.uniform(0.9, 1.1)),
-        contrast=float(rng.uniform(0.9, 1.1)),
+        contrast=float(rng.uniform(0.98, 1.22)),
         tint=(float(tint[0]), float(tint[1]), float(tint[2])),
         haze=float(rng.uniform(-6, 6)),
         noise=int(rng.integers(len(NOISE_SIGMAS))),
@@ -60,7 +60,8 @@ def apply_look(img: Image.Image, look: Look, canvas: Canvas, bank: TextureBank,
     a = look.contrast * look.gain * tint / GRAIN_NORM
     b = 128.0 * (1.0 - look.contrast) * look.gain * tint + look.haze + 0.5
     table = np.clip(np.arange(256.0)[None, :] * a + b, 0, 255).astype(np.uint8)
-    out = img.point(table.ravel().tolist()).filter(_SMOOTH)  # optics: drawn edges are never razor sharp
+    # optics: drawn edges are never razor sharp
+    out = img.point(table.ravel().tolist()).filter(_SMOOTH)
     if look.blur > 0:
         out = out.filter(ImageFilter.BoxBlur(look.blur * canvas.scale))
     p = canvas.pad

@@ -30,10 +30,10 @@ from rsicrc.synth.items import (
 from rsicrc.synth.noise import TextureBank
 
 _BILINEAR = Image.Resampling.BILINEAR
-_SEASON = np.asarray((30.0, 12.0, -8.0), dtype=np.float32)  # dry-season shift of grass
-_TREE_SEASON = (14.0, 8.0, -3.0)
-_SHORE = np.asarray((96.0, 110.0, 96.0), dtype=np.float32)
-_DEEP = np.asarray((36.0, 60.0, 70.0), dtype=np.float32)
+_SEASON = np.asarray((24.0, 10.0, -6.0), dtype=np.float32)  # dry-season shift of grass
+_TREE_SEASON = (10.0, 6.0, -2.0)
+_SHORE = np.asarray((78.0, 102.0, 108.0), dtype=np.float32)
+_DEEP = np.asarray((28.0, 52.0, 68.0), dtype=np.float32)
 GRAIN_NORM = 0.86  # grain multiplies by this on average; radiometry divides it out
 _SILT = np.asarray((172.0, 162.0, 142.0), dtype=np.float32)
 
@@ -52,12 +52,13 @@ class Terrain:
                  bank: TextureBank) -> None:
         self.canvas = canvas
         self.style = style
-        fine = bank.window(rng, "fine")
+        fine = bank.window(rng, "fine") + 0.6 * bank.window(rng, "speck")
         self.cover = np.clip((bank.window(rng, "cover") + style.grass_level) * 3.0 + 0.5, 0, 1)
-        self.soil_mod = 1.0 + 0.12 * bank.window(rng, "soil") + 0.07 * fine
-        self.grass_mod = 1.0 + 0.25 * bank.window(rng, "grass") - 0.12 * fine
+        self.soil_mod = 1.0 + 0.12 * bank.window(rng, "soil") + 0.09 * fine
+        self.grass_mod = 1.0 + 0.25 * bank.window(rng, "grass") - 0.2 * fine
         self.mix = np.clip(bank.window(rng, "mix") * 1.6 + 0.5, 0, 1)
         self.edge = bank.window(rng, "edge")
+        self.fine = fine
         g = bank.take(rng)
         grain = (255.0 * GRAIN_NORM) * (1.0 + 0.05 * g[..., :1] + 0.012 * g)
         self.grain = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8), "RGB")
@@ -92,10 +93,11 @@ class Terrain:
         """(region, mask, inner) of a patch or water body; inner is a depth-like falloff."""
         got = self._masks.get(item)
         if got is None:
-            region = self._region(item.points, 8)
+            region = self._region(item.points, 14)
             if isinstance(item, Patch):
-                soft = self._lowres(item.points, region, 4, 0.0)
-                mask = np.clip((soft - 0.5 + 0.35 * self.edge[region]) * 3.0 + 0.5, 0.0, 1.0)
+                soft = self._lowres(item.points, region, 4, 1.0)
+                wob = 0.4 * self.edge[region] + 0.12 * self.fine[region]
+                mask = np.clip((soft - 0.5 + wob) * 3.0 + 0.5, 0.0, 1.0)
                 got = (region, mask, mask)
             else:
                 got = (region, self._lowres(item.points, region, 2, 0.0),

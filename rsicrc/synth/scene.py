@@ -8,17 +8,18 @@ the same terrain; they differ in the change items and in per-image radiometry an
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from rsicrc.synth.canvas import Canvas
 from rsicrc.synth.changes import PLANNERS, ChangePlan
 from rsicrc.synth.items import EXTENT, Item, Style, union_bounds
 from rsicrc.synth.layout import static_items
 from rsicrc.synth.noise import TextureBank
 from rsicrc.synth.objects import Occupancy, make_style
 from rsicrc.synth.radiometry import apply_look, random_looks
-from rsicrc.synth.canvas import Canvas
 from rsicrc.synth.render import Terrain, render
 from rsicrc.synth.spec import KINDS, LOCATIONS, Change, cell_of, location_of
 
@@ -71,25 +72,36 @@ def _place(rng: np.random.Generator, kind: str, occ: Occupancy) -> PlacedChange 
     return None
 
 
-def plan_pair(rng: np.random.Generator, changed: bool) -> PairScene:
-    """Plan the items of a pair; a changed pair gets 1-3 changes of distinct kinds."""
+def plan_pair(rng: np.random.Generator, changed: bool,
+              kinds: Sequence[str] | None = None) -> PairScene:
+    """Plan the items of a pair; a changed pair gets 1-3 changes of distinct kinds.
+
+    `kinds` forces the change kinds (for inspection and tests); those that do not fit are
+    dropped, except that a changed pair always keeps at least one change.
+    """
     style = make_style(rng)
     occ = Occupancy()
     placed: list[PlacedChange] = []
     if changed:
-        n = int(rng.choice(_N_CHANGES, p=_P_CHANGES))
-        kinds = [KINDS[int(i)] for i in rng.permutation(len(KINDS))]
-        for kind in kinds:
+        if kinds is None:
+            n = int(rng.choice(_N_CHANGES, p=_P_CHANGES))
+            wanted = [KINDS[int(i)] for i in rng.permutation(len(KINDS))]
+        else:
+            n, wanted = len(kinds), list(kinds)
+        for kind in wanted:
             if len(placed) == n:
                 break
             got = _place(rng, kind, occ)
             if got is not None:
                 placed.append(got)
-        if not placed:  # never leave a changed pair without a change
-            while not placed:
-                got = _place(rng, "houses_built", occ)
-                if got is not None:
-                    placed.append(got)
+        for _ in range(20):  # a changed pair never goes without a change
+            if placed:
+                break
+            got = _place(rng, wanted[0], occ)
+            if got is not None:
+                placed.append(got)
+        if not placed:
+            raise RuntimeError(f"could not place a {wanted[0]} change")  # not reachable in practice
     static = tuple(static_items(rng, occ, style))
     before: list[Item] = list(static)
     after: list[Item] = list(static)
