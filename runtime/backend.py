@@ -1,0 +1,208 @@
+"""Inference backends behind one small interface: numpy in, numpy out, by tensor name (DESIGN §7).
+
+`OrtBackend` runs the exported graphs with ONNX Runtime: the CPU execution provider with
+every graph optimization, or the CUDA provider where onnxruntime-gpu can really use a GPU.
+Each graph gets one session, created on first use and checked against the manifest's graph
+contract before it runs anything. On CUDA the decoder step goes through `BoundDecoderStep`
+(IO binding), which keeps the self-attention caches on the device between steps.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rsicrc.errors import ConfigError, DependencyError, DeviceError, ModelFolderError
+from rsicrc.runtime.contract import DECODER_STEP, GRAPHS, check_io, past_names, present_names
+from rsicrc.runtime.manifest import Manifest
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+# ONNX Runtime's type strings -> the contract's dtype names.
+ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
+_QUIET = 3  # ORT log severity "error": no provider-fallback warnings on stderr
+
+
+class Backend(Protocol):
+    """Runs one exported graph on named numpy inputs and returns its outputs by name."""
+
+    device: str  # "cpu" | "cuda": where the graphs actually run
+
+    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def import_onnxruntime() -> Any:
+    """onnxruntime, imported lazily so that `rsicrc --help` and the PyTorch side never need it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DependencyError(
+            "ONNX Runtime is not installed: pip install 'rsicrc[cpu]' (or [gpu] for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def _io_signature(args: list[Any]) -> list[tuple[str, str, list[Any]]]:
+    """(name, contract dtype, shape) of ORT NodeArgs; unknown types are kept verbatim."""
+    return [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+
+
+class OrtBackend:
+    """ONNX Runtime sessions for one precision of an exported model folder."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, precision: str = "fp32",
+                 device: str = "auto", threads: int | None = None) -> None:
+        if device not in DEVICES:
+            raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+        if precision not in manifest.graphs:
+            raise ModelFolderError(
+                f"{model_dir} has no {precision!r} graphs; available precisions: "
+                f"{', '.join(sorted(manifest.graphs))}"
+            )
+        self.model_dir = Path(model_dir)
+        self.manifest = manifest
+        self.precision = precision
+        self.threads = threads
+        self._ort = import_onnxruntime()
+        self._sessions: dict[str, Any] = {}
+        self.device = "cpu"
+        if device in ("auto", "cuda"):
+            self._probe_cuda(required=device == "cuda")
+
+    def _probe_cuda(self, required: bool) -> None:
+        """Use CUDA only if a real session gets the CUDA provider; `cuda` fails loudly otherwise.
+
+        get_available_providers() lists CUDA even without a GPU, so the test is a session. A
+        session that fails on CUDA is retried on the CPU: if that fails too, the file is at
+        fault and its error is raised instead.
+        """
+        reason = f"providers: {', '.join(self._ort.get_available_providers())}"
+        if CUDA_EP in self._ort.get_available_providers():
+            self.device = "cuda"
+            try:
+                session = self._create(DECODER_STEP)
+            except ModelFolderError as e:
+                self.device = "cpu"
+                self._sessions[DECODER_STEP] = self._create(DECODER_STEP)
+                reason += f"; the CUDA session failed: {e}"
+            else:
+                self._sessions[DECODER_STEP] = session  # usable either way (CPU is in its list)
+                if CUDA_EP in session.get_providers():
+                    return
+                self.device = "cpu"
+                reason = f"providers: {', '.join(session.get_providers())}"
+        if required:
+            raise DeviceError(f"CUDA requested but ONNX Runtime could not use it ({reason}); "
+                              "install onnxruntime-gpu and check the GPU, or use --device cpu")
+
+    def graph_path(self, graph: str) -> Path:
+        if graph not in GRAPHS:
+            raise ConfigError(f"unknown graph {graph!r}; choose one of: {', '.join(GRAPHS)}")
+        files = self.manifest.graphs[self.precision]
+        if graph not in files:
+            raise ModelFolderError(f"{self.model_dir}: the manifest lists no {self.precision} {graph} graph")
+        return self.model_dir / files[graph].file
+
+    def _create(self, graph: str) -> Any:
+        """A new session for `graph`, its IO checked against the manifest contract."""
+        ort = self._ort
+        path = self.graph_path(graph)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = _QUIET
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        providers = [CUDA_EP, CPU_EP] if self.device == "cuda" else [CPU_EP]
+        try:
+            # enable_fallback=0: ORT's own CPU fallback would print to stdout; we decide instead.
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
+                                           enable_fallback=0)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+            reason = " ".join(str(e).split())[:200]
+            raise ModelFolderError(f"{path}: ONNX Runtime cannot load this graph ({reason})") from None
+        spec = self.manifest.contract.get(graph)
+        if spec is None:
+            raise ModelFolderError(f"{self.model_dir}: the manifest's graph contract has no {graph}")
+        check_io(spec, str(path), _io_signature(session.get_inputs()), _io_signature(session.get_outputs()))
+        return session
+
+    def session(self, graph: str) -> Any:
+        """The graph's session, created (and checked) on first use."""
+        if graph not in self._sessions:
+            self._sessions[graph] = self._create(graph)
+        return self._sessions[graph]
+
+    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.session(graph)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs), strict=True))
+
+    def bound_decoder(self, cross: Mapping[str, np.ndarray], device_type: str | None = None
+                      ) -> BoundDecoderStep:
+        """A decoder-step runner whose caches live on `device_type` (default: this backend's)."""
+        return BoundDecoderStep(self._ort, self.session(DECODER_STEP), self.manifest, cross,
+                                device_type or self.device)
+
+
+class BoundDecoderStep:
+    """The decoder step through ONNX Runtime IO binding; implements the StepModel seam.
+
+    Cross K/V are uploaded once. The self-attention caches are two fixed sets of device
+    buffers used in turn (the step reads one set and writes the other, never aliasing input
+    and output). `reorder` gathers on the host (one np.take per tensor) and writes back in
+    place, since ORT offers no device-side gather outside a graph. Logits are written into a
+    host buffer. With device_type "cpu" it runs on the CPU provider too (that is how it is
+    tested without a GPU).
+    """
+
+    def __init__(self, ort: Any, session: Any, manifest: Manifest, cross: Mapping[str, np.ndarray],
+                 device_type: str, device_id: int = 0) -> None:
+        dims = manifest.dims
+        rows = next(iter(cross.values())).shape[0]
+        shape = (rows, dims.num_heads, dims.max_len, dims.head_dim)  # [R, H, S, dh]
+
+        def upload(array: np.ndarray) -> Any:
+            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device_type, device_id)
+
+        self._session = session
+        self._io = session.io_binding()
+        self._past = [n for kv in past_names(dims) for n in kv]
+        self._present = [n for kv in present_names(dims) for n in kv]
+        # (A CPU OrtValue made from numpy keeps that array alive itself.)
+        self._sets = [[upload(np.zeros(shape, np.float32)) for _ in self._past] for _ in range(2)]
+        self._current = 0  # index of the set holding the caches to read at the next step
+        self._cross = {name: upload(array) for name, array in cross.items()}
+        for name, value in self._cross.items():
+            self._io.bind_ortvalue_input(name, value)
+        self._logits = np.zeros((rows, dims.vocab_size), np.float32)  # [R, V]
+        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits, "cpu", 0)
+        self._io.bind_ortvalue_output("logits", self._logits_value)
+        self._feed: list[np.ndarray] = []  # host inputs of the current step, kept alive
+
+    def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
+        ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1)  # [R, 1]
+        position = np.array([step], dtype=np.int64)  # [1]
+        self._feed = [ids, position]
+        self._io.bind_cpu_input("input_ids", ids)
+        self._io.bind_cpu_input("step", position)
+        read, write = self._sets[self._current], self._sets[1 - self._current]
+        for name, value in zip(self._past, read, strict=True):
+            self._io.bind_ortvalue_input(name, value)
+        for name, value in zip(self._present, write, strict=True):
+            self._io.bind_ortvalue_output(name, value)
+        self._session.run_with_iobinding(self._io)
+        self._io.synchronize_outputs()
+        self._current = 1 - self._current
+        return self._logits.copy()  # [R, V]
+
+    def reorder(self, source: np.ndarray) -> None:
+        index = np.ascontiguousarray(source, dtype=np.int64)  # [R]
+        for value in self._sets[self._current]:
+            value.update_inplace(np.ascontiguousarray(np.take(value.numpy(), index, axis=0)))

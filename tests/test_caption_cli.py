@@ -1,0 +1,209 @@
+"""`rsicrc caption` through the real typer app: happy paths, and one test per bad input, each
+asserting a non-zero exit, ONE error line on stderr (no traceback) and no output file left."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_runtime import random_pairs, tiny_model_dir
+from typer.testing import CliRunner
+
+from rsicrc.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> dict[str, Path]:
+    """Three good pairs (A/, B/ by name) and a folder of bad files."""
+    before, after = random_pairs(3, seed=2, size=48)
+    for i in range(3):
+        for side, arrays in (("A", before), ("B", after)):
+            (tmp_path / side).mkdir(exist_ok=True)
+            Image.fromarray(arrays[i]).save(tmp_path / side / f"p{i}.png")
+    return {"dir": tmp_path, "before": tmp_path / "A" / "p0.png", "after": tmp_path / "B" / "p0.png"}
+
+
+def _invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _assert_one_line_error(result, *expected: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    for text in expected:
+        assert text in err
+    return err
+
+
+def _assert_no_output(folder: Path) -> None:
+    left = [p.name for p in folder.iterdir() if p.suffix in (".jsonl", ".tmp") or ".tmp" in p.name]
+    assert left == []
+
+
+def _run_both(images: dict[str, Path], model: Path, bad: Path, *expected: str, side: str = "before") -> None:
+    """The bad image as a single pair, then as the middle pair of a --pairs CSV run (batch size 1,
+    so the first pair was already written to the temporary file when the bad one fails)."""
+    good_b, good_a = images["before"], images["after"]
+    pair = (bad, good_a) if side == "before" else (good_b, bad)
+    _assert_one_line_error(_invoke("caption", *pair, "--model", model, "--device", "cpu"), *expected)
+    out_dir = images["dir"] / "out"
+    out_dir.mkdir()
+    csv_path = images["dir"] / "pairs.csv"
+    csv_path.write_text(f"before,after,id\n{good_b},{good_a},good1\n{pair[0]},{pair[1]},bad\n"
+                        f"{good_b},{good_a},good2\n")
+    result = _invoke("caption", "--pairs", csv_path, "--out", out_dir / "caps.jsonl", "--model", model,
+                     "--batch-size", "1", "--quiet", "--device", "cpu")
+    _assert_one_line_error(result, *expected)
+    _assert_no_output(out_dir)
+
+
+def test_single_pair_prints_the_caption(model_dir: Path, images: dict[str, Path]) -> None:
+    result = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    from test_runtime import WORDS
+
+    assert lines[0] and set(lines[0].split()) <= set(WORDS)
+
+
+def test_single_pair_json_schema(model_dir: Path, images: dict[str, Path]) -> None:
+    result = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--json",
+                     "--beam", "2", "--threads", "1", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"caption", "score", "tokens", "beams", "timing_ms"}
+    assert isinstance(doc["caption"], str) and isinstance(doc["score"], float)
+    assert all(isinstance(t, int) and t > 3 for t in doc["tokens"])
+    assert len(doc["beams"]) == 2 and all(set(b) == {"caption", "score"} for b in doc["beams"])
+    assert doc["beams"][0] == {"caption": doc["caption"], "score": doc["score"]}
+    assert doc["beams"][0]["score"] >= doc["beams"][1]["score"]
+    assert set(doc["timing_ms"]) >= {"load", "read", "preprocess", "encode", "decode", "total"}
+    plain = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--beam", "2")
+    assert plain.stdout.strip() == doc["caption"]
+
+
+def test_pairs_folder_to_jsonl(model_dir: Path, images: dict[str, Path]) -> None:
+    out = images["dir"] / "caps.jsonl"
+    result = _invoke("caption", "--pairs", images["dir"], "--out", out, "--model", model_dir,
+                     "--batch-size", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 captions" in result.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["p0.png", "p1.png", "p2.png"]
+    assert all(set(r) == {"id", "before", "after", "caption", "score"} for r in rows)
+    assert rows[0]["before"] == str(images["before"]) and rows[0]["after"] == str(images["after"])
+    single = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--json")
+    assert json.loads(single.stdout)["caption"] == rows[0]["caption"]
+    assert "captioning" in result.stderr  # the progress bar goes to stderr
+    assert [p for p in images["dir"].iterdir() if p.name.endswith(".tmp")] == []  # renamed, not left
+
+
+def test_help_explains_options_and_default_model() -> None:
+    result = _invoke("caption", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for word in ("--pairs", "--beam", "--device", "--bands", "--precision", "--threads", "--json",
+                 "--batch-size", "--split", "--out", "RSICRC_MODEL", "rsicrc/model"):
+        assert word in text, word
+
+
+def test_missing_file(model_dir: Path, images: dict[str, Path]) -> None:
+    _run_both(images, model_dir, images["dir"] / "nowhere.png", "nowhere.png")
+
+
+def test_non_image_file(model_dir: Path, images: dict[str, Path]) -> None:
+    notes = images["dir"] / "notes.png"
+    notes.write_text("these are my field notes, not an image\n" * 20)
+    _run_both(images, model_dir, notes, "notes.png", "not a readable image")
+
+
+def test_corrupted_image(model_dir: Path, images: dict[str, Path]) -> None:
+    data = images["after"].read_bytes()
+    cut = images["dir"] / "truncated.png"
+    cut.write_bytes(data[: len(data) // 2])
+    _run_both(images, model_dir, cut, "truncated.png", "corrupted or truncated", side="after")
+
+
+def test_zero_size_image(model_dir: Path, images: dict[str, Path]) -> None:
+    empty = images["dir"] / "empty.png"
+    empty.write_bytes(b"")
+    _run_both(images, model_dir, empty, "empty.png", "0 bytes")
+
+
+def test_mismatched_sizes(model_dir: Path, images: dict[str, Path]) -> None:
+    big = images["dir"] / "big.png"
+    Image.fromarray(np.zeros((60, 50, 3), np.uint8)).save(big)
+    _run_both(images, model_dir, big, "50x60", "48x48", "same size", side="after")
+
+
+def test_unsupported_band_layout(model_dir: Path, images: dict[str, Path]) -> None:
+    rasterio = pytest.importorskip("rasterio")
+    two = images["dir"] / "two_bands.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(two, "w", driver="GTiff", width=48, height=48, count=2, dtype="uint16") as ds:
+            ds.write(np.random.default_rng(0).integers(0, 4000, size=(2, 48, 48), dtype=np.uint16))
+    _run_both(images, model_dir, two, "two_bands.tif", "2 bands", "--bands")
+
+
+def _run_model_error(images: dict[str, Path], model: Path, *expected: str) -> None:
+    _assert_one_line_error(_invoke("caption", images["before"], images["after"], "--model", model), *expected)
+    out = images["dir"] / "caps.jsonl"
+    result = _invoke("caption", "--pairs", images["dir"], "--out", out, "--model", model, "--quiet")
+    _assert_one_line_error(result, *expected)
+    _assert_no_output(images["dir"])
+
+
+def test_missing_model_folder(images: dict[str, Path]) -> None:
+    missing = images["dir"] / "no-model"
+    _run_model_error(images, missing, f"no model at {missing}", "rsicrc export", "--model")
+
+
+def test_tampered_model_folder(model_dir: Path, images: dict[str, Path], tmp_path_factory) -> None:
+    from rsicrc.runtime.manifest import load_manifest
+
+    copy = tmp_path_factory.mktemp("tampered") / "model"
+    shutil.copytree(model_dir, copy)
+    graph = copy / load_manifest(copy).graphs["fp32"]["decoder_step"].file
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    _run_model_error(images, copy, graph.name)
+
+
+def test_missing_manifest(model_dir: Path, images: dict[str, Path], tmp_path_factory) -> None:
+    copy = tmp_path_factory.mktemp("nomanifest") / "model"
+    shutil.copytree(model_dir, copy)
+    (copy / "manifest.json").unlink()
+    _run_model_error(images, copy, "manifest.json")
+
+
+def test_usage_errors_are_one_line(model_dir: Path, images: dict[str, Path]) -> None:
+    b, a = images["before"], images["after"]
+    _assert_one_line_error(_invoke("caption", b, "--model", model_dir), "give BEFORE and AFTER")
+    _assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--model", model_dir), "--out")
+    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--beam", "0"), "beam_size")
+    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--device", "tpu"),
+                           "auto, cpu, cuda")
+    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--bands", "1,2"), "--bands")
+    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--precision", "int4"),
+                           "available precisions")
+    _assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--split", "test", "--out",
+                                   images["dir"] / "x.jsonl", "--model", model_dir), "--split")
+    _assert_no_output(images["dir"])

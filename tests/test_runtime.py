@@ -1,0 +1,413 @@
+"""The torch-free runtime against the PyTorch reference: an exported tiny random-weight model is
+captioned with ONNX Runtime and with `rsicrc.decode.generate` on the same preprocessed arrays;
+tokens must agree exactly and scores/embeddings within 1e-4. Also: contract checks on loaded
+graphs, device selection and listing many pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsicrc.errors import ContractError, DataError, DeviceError, ModelFolderError
+from rsicrc.runtime.contract import BATCH, DECODER_STEP, IMAGE_ENCODER, TensorSpec
+from rsicrc.runtime.decoding import DecodingOptions, beam_search
+
+WORDS = ("a", "road", "house", "houses", "built", "is", "are", "the", "scene", "same", "as", "before",
+         "trees", "removed", "two", "at", "top", "of", "bottom", "left", "right", "new", "some", "near")
+_CACHE: dict[str, Path] = {}
+
+
+def tiny_model_dir(factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight checkpoint exported once per session (shared by the runtime, CLI and
+    no-torch tests, which import this helper)."""
+    if "model" not in _CACHE:
+        import torch
+
+        from rsicrc.checkpoint import save_checkpoint
+        from rsicrc.config import Config, load_config
+        from rsicrc.export.pipeline import export_model
+        from rsicrc.model import RSICRC
+        from rsicrc.vocab import SPECIAL_TOKENS, Vocabulary
+
+        root = factory.mktemp("tiny_model")
+        cfg = dataclasses.replace(load_config("tiny").model, image_size=64, max_len=14)
+        vocab = Vocabulary(SPECIAL_TOKENS + WORDS)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny tensors: extra threads only cost (a lot, on a busy machine)
+        try:
+            torch.manual_seed(3)
+            model = _varied(RSICRC(cfg, len(vocab)), vocab)
+            save_checkpoint(root / "ckpt", model, Config(model=cfg), vocab, meta={})
+            export_model(root / "ckpt", root / "model", progress=False)
+        finally:
+            torch.set_num_threads(threads)
+        _CACHE["model"] = root / "model"
+    return _CACHE["model"]
+
+
+def _varied(model, vocab):
+    """Make a random-weight model's captions differ between pairs and between steps (a fresh
+    one says the same word everywhere): calibrate BatchNorm statistics on random pairs so the
+    images matter, then fit the decoder for a few steps to one random sentence per pair."""
+    import torch
+
+    from rsicrc.data import encode_captions
+    from rsicrc.runtime.preprocess import PreprocessSpec, preprocess_batch
+
+    spec = PreprocessSpec(size=model.cfg.image_size)
+    before, after = (torch.from_numpy(preprocess_batch(x, spec)) for x in random_pairs(8, seed=99))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model.encode_images(before, after)
+    model.eval()
+    rng = np.random.default_rng(0)
+    captions = [list(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(8)]
+    tokens, lengths = encode_captions(vocab, captions, model.cfg.max_len)
+    with torch.no_grad():
+        memory, _ = model.encoder(before, after)
+    mask = torch.arange(tokens.shape[1] - 1)[None] < (lengths - 1)[:, None]
+    optimizer = torch.optim.Adam(model.decoder.parameters(), lr=5e-3)
+    for _ in range(25):
+        logits, _ = model.decoder(tokens, lengths, memory)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask], tokens[:, 1:][mask])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def random_pairs(n: int, seed: int = 0, size: int = 72) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Varied uint8 before/after pairs: smooth random fields plus noise, after = before + a patch."""
+    rng = np.random.default_rng(seed)
+    before, after = [], []
+    for _ in range(n):
+        base = rng.integers(0, 256, size=(6, 6, 3)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR))
+        img = np.clip(img.astype(np.int16) + rng.integers(-20, 21, size=img.shape), 0, 255).astype(np.uint8)
+        changed = img.copy()
+        y, x = rng.integers(0, size // 2, size=2)
+        changed[y: y + size // 3, x: x + size // 3] = rng.integers(0, 256, size=3)
+        before.append(img)
+        after.append(changed)
+    return before, after
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def captioner(model_dir: Path):
+    from rsicrc.runtime.captioner import Captioner
+
+    return Captioner(model_dir, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def torch_model(model_dir: Path):
+    import torch
+
+    from rsicrc.checkpoint import load_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and ORT runs with one too
+    yield load_checkpoint(model_dir.parent / "ckpt").model
+    torch.set_num_threads(threads)
+
+
+def _torch_captions(torch_model, captioner, before, after, options: DecodingOptions):
+    import torch
+
+    from rsicrc.decode import generate
+
+    spec = captioner.manifest.preprocess
+    from rsicrc.runtime.preprocess import preprocess_batch
+
+    b, a = preprocess_batch(before, spec), preprocess_batch(after, spec)
+    results, visual = generate(torch_model, torch.from_numpy(b), torch.from_numpy(a), options)
+    return b, a, results, visual.numpy()
+
+
+@pytest.mark.parametrize("beam, ignore_eos", [(1, False), (3, False), (3, True)])
+def test_ort_equals_pytorch_token_for_token(captioner, torch_model, beam: int, ignore_eos: bool) -> None:
+    before, after = random_pairs(5, seed=beam + 10 * ignore_eos)
+    options = DecodingOptions(beam_size=beam, ignore_eos=ignore_eos,
+                              max_tokens=torch_model.cfg.max_len - 1)
+    b, a, reference, _ = _torch_captions(torch_model, captioner, before, after, options)
+    ours = captioner.caption_preprocessed(b, a, options)
+    assert len(ours) == len(reference) == 5
+    for got, ref in zip(ours, reference, strict=True):
+        assert got.tokens == ref.best.tokens
+        assert got.score == pytest.approx(ref.best.score, abs=1e-4)
+        assert [s for _, s in got.beams] == pytest.approx([h.score for h in ref.beams], abs=1e-4)
+        assert [c for c, _ in got.beams] == [captioner.vocab.decode(h.tokens) for h in ref.beams]
+        assert len(got.beams) == beam
+    tokens = [t for r in ours for t in r.tokens]
+    assert len(set(tokens)) >= 5, "the random model should produce varied tokens"
+    assert max(len(r.tokens) for r in ours) >= 4
+    assert len({r.tokens for r in ours}) >= 2, "pairs should get different captions"
+    if ignore_eos:
+        assert all(len(r.tokens) == torch_model.cfg.max_len - 1 for r in ours)
+    # caption_arrays (uint8 in) is the same computation as preprocessed-in.
+    again = captioner.caption_arrays(before, after, options)
+    assert [r.tokens for r in again] == [r.tokens for r in ours]
+
+
+def test_embeddings_equal_pytorch(captioner, torch_model) -> None:
+    import torch
+
+    from rsicrc.data import encode_captions
+    from rsicrc.vocab import tokenize
+
+    before, after = random_pairs(3, seed=5)
+    _, _, _, visual = _torch_captions(torch_model, captioner, before, after, DecodingOptions(beam_size=1))
+    ours = captioner.embed_images(before, after)
+    assert ours.shape == visual.shape == (3, torch_model.cfg.d_model)
+    assert np.abs(ours - visual).max() <= 1e-4 * np.abs(visual).max()
+
+    texts = ["Two houses are built at the top.", "the scene is the same as before", "a zebra crossing"]
+    tokens, lengths = encode_captions(captioner.vocab, [tokenize(t) for t in texts], torch_model.cfg.max_len)
+    with torch.no_grad():
+        reference = torch_model.encode_text(tokens, lengths).numpy()
+    text = captioner.embed_text(texts)
+    assert text.shape == reference.shape
+    assert np.abs(text - reference).max() <= 1e-4 * np.abs(reference).max()
+    assert captioner.embed_text([]).shape == (0, torch_model.cfg.d_model)
+
+
+def test_batch_equals_one_by_one(captioner) -> None:
+    before, after = random_pairs(4, seed=21)
+    options = DecodingOptions(beam_size=3)
+    batch = captioner.caption_arrays(before, after, options)
+    assert len({r.tokens for r in batch}) >= 2  # else a mix-up of rows could go unnoticed
+    for i in range(4):
+        (single,) = captioner.caption_arrays([before[i]], [after[i]], options)
+        assert single.tokens == batch[i].tokens
+        assert single.caption == batch[i].caption
+        assert single.score == pytest.approx(batch[i].score, abs=1e-5)
+    assert set(batch[0].timing_ms) >= {"load", "preprocess", "encode", "decode", "total"}
+    assert batch[0].timing_ms is batch[3].timing_ms  # per batch, shared
+    assert captioner.caption_arrays([], [], options) == []
+
+
+def test_io_binding_step_equals_host_step(captioner) -> None:
+    """BoundDecoderStep (the CUDA path) run on the CPU provider gives the same search."""
+    from rsicrc.runtime.contract import cross_names
+
+    before, after = random_pairs(2, seed=8)
+    outputs = captioner._encode(captioner._preprocess(before), captioner._preprocess(after))
+    cross = {n: outputs[n] for kv in cross_names(captioner.dims) for n in kv}
+    options = captioner.options_for_model(DecodingOptions(beam_size=3))
+    host = beam_search(captioner.step_model(cross, 3), 2, options)
+    tiled = {n: np.repeat(a, 3, axis=0) for n, a in cross.items()}
+    bound = beam_search(captioner.backend.bound_decoder(tiled, device_type="cpu"), 2, options)
+    assert [r.best.tokens for r in bound] == [r.best.tokens for r in host]
+    assert [r.best.score for r in bound] == pytest.approx([r.best.score for r in host], abs=1e-5)
+
+
+def test_edited_contract_is_refused(model_dir: Path) -> None:
+    from rsicrc.runtime.backend import OrtBackend
+    from rsicrc.runtime.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    spec = manifest.contract[DECODER_STEP]
+    logits = TensorSpec("logits", "float32", (BATCH, manifest.dims.vocab_size + 1))
+    edited = dataclasses.replace(spec, outputs=(logits, *spec.outputs[1:]))
+    bad = dataclasses.replace(manifest, contract={**manifest.contract, DECODER_STEP: edited})
+    backend = OrtBackend(model_dir, bad, device="cpu")
+    with pytest.raises(ContractError, match=r"decoder_step\.onnx.*logits"):
+        backend.session(DECODER_STEP)
+    renamed = dataclasses.replace(spec, inputs=(TensorSpec("tokens", "int64", (BATCH, 1)), *spec.inputs[1:]))
+    bad = dataclasses.replace(manifest, contract={**manifest.contract, DECODER_STEP: renamed})
+    with pytest.raises(ContractError, match=r"decoder_step\.onnx: inputs are"):
+        OrtBackend(model_dir, bad, device="cpu").session(DECODER_STEP)
+
+
+def test_swapped_graph_file_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    from rsicrc.runtime.backend import OrtBackend
+    from rsicrc.runtime.captioner import Captioner
+    from rsicrc.runtime.manifest import load_manifest
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    manifest = load_manifest(copy)
+    files = manifest.graphs[manifest.default_precision]
+    shutil.copyfile(copy / files["text_encoder"].file, copy / files[IMAGE_ENCODER].file)
+    with pytest.raises(ModelFolderError, match=r"image_encoder\.onnx"):  # the sha256 no longer matches
+        Captioner(copy, device="cpu")
+    unchecked = load_manifest(copy, verify=False)
+    with pytest.raises(ContractError, match=r"image_encoder\.onnx: inputs are \['input_ids'"):
+        OrtBackend(copy, unchecked, device="cpu").session(IMAGE_ENCODER)
+
+
+def test_unknown_precision_device_and_threads(model_dir: Path) -> None:
+    from rsicrc.errors import ConfigError
+    from rsicrc.runtime.backend import OrtBackend
+    from rsicrc.runtime.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    with pytest.raises(ModelFolderError, match="available precisions: .*fp32"):
+        OrtBackend(model_dir, manifest, precision="fp8", device="cpu")
+    with pytest.raises(ConfigError, match="auto, cpu, cuda"):
+        OrtBackend(model_dir, manifest, device="tpu")
+    with pytest.raises(ConfigError, match="threads"):
+        OrtBackend(model_dir, manifest, device="cpu", threads=0)
+
+
+def _gpu_usable() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and (
+        Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None)
+
+
+def test_cuda_requested_without_gpu_is_a_device_error(model_dir: Path) -> None:
+    if _gpu_usable():
+        pytest.skip("a GPU is usable here")
+    from rsicrc.runtime.captioner import Captioner
+
+    with pytest.raises(DeviceError, match=r"CUDA requested but ONNX Runtime could not use it .*--device cpu"):
+        Captioner(model_dir, device="cuda")
+    assert Captioner(model_dir, device="auto").device == "cpu"
+
+
+@pytest.mark.requires_cuda
+def test_cuda_captions_equal_cpu(model_dir: Path, captioner) -> None:
+    if not _gpu_usable():
+        pytest.skip("needs onnxruntime-gpu and an NVIDIA GPU")
+    from rsicrc.runtime.captioner import Captioner
+
+    gpu = Captioner(model_dir, device="cuda")
+    assert gpu.device == "cuda"
+    before, after = random_pairs(3, seed=4)
+    options = DecodingOptions(beam_size=3)
+    got = gpu.caption_arrays(before, after, options)
+    want = captioner.caption_arrays(before, after, options)
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+    assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-3)
+
+
+def test_missing_model_folder_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsicrc.runtime.captioner import Captioner
+
+    with pytest.raises(ModelFolderError, match=r"no model at .*nope; export one with `rsicrc export"):
+        Captioner(tmp_path / "nope")
+    monkeypatch.setenv("RSICRC_MODEL", str(tmp_path / "env-model"))
+    with pytest.raises(ModelFolderError, match="env-model"):
+        Captioner()
+
+
+# --- list_pairs -----------------------------------------------------------------------------------
+
+def _png(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(random_pairs(1, seed, size=16)[0][0]).save(path)
+    return path
+
+
+def test_list_pairs_folder(tmp_path: Path) -> None:
+    from rsicrc.runtime.pairs import list_pairs
+
+    for name in ("b.png", "a.png", "c.tif"):
+        _png(tmp_path / "A" / name)
+        _png(tmp_path / "B" / name)
+    (tmp_path / "A" / ".DS_Store").write_text("x")
+    items = list_pairs(tmp_path)
+    assert [i.id for i in items] == ["a.png", "b.png", "c.tif"]
+    assert items[0].before == tmp_path / "A" / "a.png" and items[0].after == tmp_path / "B" / "a.png"
+    _png(tmp_path / "A" / "only_a.png")
+    _png(tmp_path / "B" / "only_b.png")
+    with pytest.raises(DataError, match=r"2 image\(s\) without a partner: A/only_a.png \(no B/only_a.png\), "
+                                        r"B/only_b.png"):
+        list_pairs(tmp_path)
+    with pytest.raises(DataError, match="--split applies only to a LEVIR-CC folder"):
+        list_pairs(tmp_path, split="test")
+    empty = tmp_path / "empty"
+    (empty / "A").mkdir(parents=True)
+    (empty / "B").mkdir()
+    with pytest.raises(DataError, match="hold no image files"):
+        list_pairs(empty)
+
+
+def test_list_pairs_levircc(tmp_path: Path) -> None:
+    from rsicrc.runtime.pairs import list_pairs
+
+    entries = []
+    for i, (split, name) in enumerate([("train", "train_000001.png"), ("test", "test_000002.png"),
+                                       ("test", "test_000003.png")]):
+        _png(tmp_path / "images" / split / "A" / name)
+        _png(tmp_path / "images" / split / "B" / name)
+        entries.append({"filepath": split, "filename": name, "imgid": i, "split": split, "changeflag": 1,
+                        "sentences": [{"raw": "a road", "tokens": ["a", "road"], "imgid": i, "sentid": i}],
+                        "sentids": [i]})
+    (tmp_path / "LevirCCcaptions.json").write_text(json.dumps({"images": entries}))
+    assert [i.id for i in list_pairs(tmp_path)] == ["train_000001.png", "test_000002.png", "test_000003.png"]
+    test = list_pairs(tmp_path, split="test")
+    assert [i.id for i in test] == ["test_000002.png", "test_000003.png"]
+    assert test[0].before == tmp_path / "images" / "test" / "A" / "test_000002.png"
+    with pytest.raises(DataError, match="unknown split 'dev'; choose one of train, val, test"):
+        list_pairs(tmp_path, split="dev")
+    with pytest.raises(DataError, match="no pairs in split 'val'"):
+        list_pairs(tmp_path, split="val")
+    os.remove(tmp_path / "images" / "test" / "B" / "test_000003.png")
+    with pytest.raises(DataError, match=r"1 image file\(s\) not found: test_000003.png: .*B/test_000003.png"):
+        list_pairs(tmp_path)
+
+
+def test_list_pairs_csv(tmp_path: Path) -> None:
+    from rsicrc.runtime.pairs import list_pairs
+
+    _png(tmp_path / "imgs" / "x1.png")
+    _png(tmp_path / "imgs" / "x2.png")
+    absolute = _png(tmp_path / "elsewhere" / "y.png")
+    csv_path = tmp_path / "lists" / "pairs.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text(f"before,after,id\n../imgs/x1.png,../imgs/x2.png,first\n\n"
+                        f"{absolute},../imgs/x1.png,second\n")
+    items = list_pairs(csv_path)
+    assert [i.id for i in items] == ["first", "second"]
+    assert items[0].before.resolve() == (tmp_path / "imgs" / "x1.png").resolve()
+    assert items[1].before == absolute
+    no_id = tmp_path / "lists" / "noid.csv"
+    no_id.write_text("After , Before\n../imgs/x2.png,../imgs/x1.png\n")
+    (item,) = list_pairs(no_id)
+    assert item.id == "1" and item.before.name == "x1.png" and item.after.name == "x2.png"
+
+    def fails(text: str, pattern: str) -> None:
+        bad = tmp_path / "lists" / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(DataError, match=pattern):
+            list_pairs(bad)
+
+    fails("../imgs/x1.png,../imgs/x2.png\n", "first line must be a header naming the columns before,after")
+    fails("before,id\n../imgs/x1.png,a\n", "header naming the columns")
+    fails("", "header naming the columns")
+    fails("before,after\n", "lists no pairs")
+    fails("before,after\n../imgs/x1.png,\n", "line 2: the after column is empty")
+    fails("before,after\n../imgs/x1.png,../imgs/missing.png\n", r"not found: 1: .*missing.png")
+    fails("before,after,id\n../imgs/x1.png,../imgs/x2.png,a\n../imgs/x2.png,../imgs/x1.png,a\n",
+          "duplicate ids a")
+
+
+def test_list_pairs_other_sources(tmp_path: Path) -> None:
+    from rsicrc.runtime.pairs import list_pairs
+
+    with pytest.raises(DataError, match="pairs source not found"):
+        list_pairs(tmp_path / "missing")
+    (tmp_path / "list.txt").write_text("a b\n")
+    with pytest.raises(DataError, match="cannot list pairs from .*list.txt; give a folder with A/ and B/"):
+        list_pairs(tmp_path / "list.txt")
+    with pytest.raises(DataError, match="cannot list pairs"):
+        list_pairs(tmp_path)
