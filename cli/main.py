@@ -6,8 +6,11 @@ from pathlib import Path
 
 import typer
 
+from rsicrc.cli.caption import caption
 from rsicrc.cli.common import app as make_app
 from rsicrc.cli.common import guarded, print_json, setup_logging
+from rsicrc.cli.export import export_command
+from rsicrc.cli.import_original import import_original_command
 from rsicrc.runtime.decoding import DecodingOptions
 
 app = make_app("rsicrc: change captioning and text-to-image-pair retrieval for satellite image pairs.")
@@ -71,6 +74,11 @@ def format_metrics(m: dict) -> str:
                  f"retrieval column 3 = chance")
     lines.append(f"predictions: {m['predictions']}")
     return "\n".join(lines)
+
+
+app.command("export")(export_command)
+app.command("caption")(caption)
+app.command("import-original")(import_original_command)
 
 
 def main() -> None:
