@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 SEED ?= 0
 OUT ?= demo-out
 PAIRS ?= 2000
-DEMO_MINUTES ?= 8
+DEMO_MINUTES ?= 9
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed-stamp
 
@@ -35,12 +35,31 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	rm -rf $(OUT)/data $(OUT)/checkpoint
+	rm -rf $(OUT)/data $(OUT)/checkpoint $(OUT)/model
+	@echo "== 1/5 synthesize $(PAIRS) pairs (seed $(SEED))"
 	$(BIN)/rsicrc synth --out $(OUT)/data --pairs $(PAIRS) --seed $(SEED)
+	@echo "== 2/5 train the tiny config on CPU (at most $(DEMO_MINUTES) minutes)"
 	$(BIN)/rsicrc-train --config tiny --data $(OUT)/data --out $(OUT)/checkpoint \
 		--seed $(SEED) --max-minutes $(DEMO_MINUTES)
+	@echo "== 3/5 evaluate on the synthetic test split (PyTorch, beam 3)"
 	$(BIN)/rsicrc evaluate $(OUT)/checkpoint --data $(OUT)/data --split test --beam 3 \
 		--out $(OUT)/metrics.json
+	$(PY) scripts/demo_show.py targets $(OUT)/metrics.json
+	@echo "== 4/5 export to ONNX (validated against PyTorch)"
+	$(BIN)/rsicrc export $(OUT)/checkpoint --out $(OUT)/model --data $(OUT)/data
+	@echo "== 5/5 caption with the torch-free runtime"
+	@pair=$$(ls $(OUT)/data/images/test/A | head -n 1); \
+	echo "held-out synthetic pair $$pair:"; \
+	$(BIN)/rsicrc caption $(OUT)/data/images/test/A/$$pair $(OUT)/data/images/test/B/$$pair --model $(OUT)/model; \
+	echo "references:"; \
+	$(PY) scripts/demo_show.py references $(OUT)/data/LevirCCcaptions.json test $$pair
+	@if [ -d $(SHARED)/data/levircc/samples ]; then \
+		echo "real LEVIR-CC sample pairs ($(SHARED)/data/levircc/samples):"; \
+		$(BIN)/rsicrc caption --pairs $(SHARED)/data/levircc/samples --model $(OUT)/model \
+			--out $(OUT)/levircc_samples.jsonl --quiet; \
+		$(PY) scripts/demo_show.py captions $(OUT)/levircc_samples.jsonl; \
+	else echo "($(SHARED)/data/levircc/samples not found: real sample pairs skipped)"; fi
+	@echo "metrics: $(OUT)/metrics.json   model: $(OUT)/model"
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache *.egg-info

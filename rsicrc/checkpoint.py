@@ -56,10 +56,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def save_weights(model: RSICRC, path: Path) -> None:
-    from safetensors.torch import save_model
+    """Weights as safetensors (the LM head reuses the embedding tensor, so nothing is stored twice)."""
+    from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))  # handles the tied embedding / LM head
+    # contiguous(): training may keep conv weights channels-last; the file stores plain layout
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
 
 

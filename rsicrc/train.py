@@ -72,8 +72,10 @@ def batch_loss(model: RSICRC, batch: Batch, config: Config, matcher: CaptionMatc
                amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> total, caption CE, InfoNCE for one batch."""
     t = config.train
+    fmt = torch.channels_last if batch.before.device.type == "cpu" else torch.contiguous_format
+    before, after = (x.contiguous(memory_format=fmt) for x in (batch.before, batch.after))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        out = model(batch.before, batch.after, batch.tokens, batch.lengths)
+        out = model(before, after, batch.tokens, batch.lengths)
     ce = caption_loss(out.logits, batch.tokens, t.label_smoothing)
     pos, neg = contrastive_masks(batch.labels, batch.captions, matcher, t.fna)
     nce = info_nce(out.visual, out.text, pos, neg, t.temperature)
@@ -140,6 +142,8 @@ def train(opts: TrainOptions) -> TrainResult:
         log.warning("backbone: random init (no --backbone-weights given)")
         backbone = "random-init"
     model.to(device).train()
+    if device.type == "cpu":  # oneDNN convolutions are ~25 % faster channels-last on CPU
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, eps=tc.eps, weight_decay=tc.weight_decay)
 
