@@ -31,6 +31,7 @@ from rsicrc.export.onnx_export import (
     export_graph,
     graph_modules,
 )
+from rsicrc.export.quantize import QuantizeReport, quantize_model
 from rsicrc.export.validate import (
     DEFAULT_TOLERANCE,
     GraphDiff,
@@ -39,6 +40,7 @@ from rsicrc.export.validate import (
     load_validation_inputs,
     synthetic_validation_inputs,
 )
+from rsicrc.levircc import LevirCC
 from rsicrc.runtime.contract import GRAPHS, contract
 from rsicrc.runtime.manifest import (
     FORMAT_VERSION,
@@ -72,6 +74,7 @@ class ExportReport:
     exporter: str  # exporter kind
     opset: int  # ONNX opset
     validation_source: str  # where the validation pairs came from
+    int8: QuantizeReport | None = None  # the int8 graphs, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -87,6 +90,8 @@ class ExportReport:
                         f"(ref max {g.ref_max_abs:.3g}, relative {rel:.1e})")
         rows.append(f"export {self.export_seconds:.1f} s, validation {self.validation_seconds:.1f} s "
                     f"on {self.validation_source}")
+        if self.int8 is not None:
+            rows.extend(self.int8.lines())
         return rows
 
 
@@ -137,13 +142,18 @@ def _publish(staging: Path, out: Path) -> None:
 
 def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress: bool = True,
                  validation_data: Path | None = None, *, overwrite: bool = False,
-                 tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
+                 tolerance: float = DEFAULT_TOLERANCE, int8: bool = False,
+                 calibration_data: Path | None = None) -> ExportReport:
     """Export a checkpoint to `out`: image_encoder/text_encoder/decoder_step .onnx + manifest.json.
 
     Every graph is checked (onnx.checker, the contract, dynamic batch, the `step` rule) and then
     validated in ONNX Runtime against PyTorch on real image pairs and captions from
     `validation_data` (a LEVIR-CC layout folder; default: a few synthetic pairs). Raises
     ExportError (and writes nothing) when anything disagrees.
+
+    With `int8`, `<graph>_int8.onnx` graphs are added as well (`rsicrc.export.quantize`), the
+    image encoder calibrated on the train pairs of `calibration_data` (default: synthetic pairs)
+    and each int8 graph compared with fp32 on the validation inputs; default_precision stays fp32.
     """
     check_opset(opset)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
@@ -151,6 +161,8 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
         raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     out = Path(out)
     _check_out(out, overwrite)
+    if int8 and calibration_data is not None:
+        LevirCC.open(calibration_data)  # a bad calibration folder fails before the long export
     ckpt = load_checkpoint(ckpt_dir)
     model, mc, vocab = ckpt.model.eval(), ckpt.config.model, ckpt.vocab
     dims = dims_for(mc, len(vocab))
@@ -189,6 +201,7 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
             contract=graphs, graphs={PRECISION: entries}, default_precision=PRECISION, opset=opset,
             exporter=_versions(), source=_source(ckpt))
         write_manifest(staging, manifest)
+        int8_report = quantize_model(staging, calibration_data, validation=inputs) if int8 else None
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,4 +213,4 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
         graphs=tuple(GraphReport(name, entries[name].file, (out / entries[name].file).stat().st_size,
                                  entries[name].max_abs_diff, entries[name].ref_max_abs) for name in GRAPHS),
         export_seconds=export_seconds, validation_seconds=validation_seconds, exporter=EXPORTER,
-        opset=opset, validation_source=inputs.source)
+        opset=opset, validation_source=inputs.source, int8=int8_report)

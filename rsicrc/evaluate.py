@@ -1,13 +1,11 @@
-"""PyTorch evaluation of a checkpoint on a LEVIR-CC split (the reference the runtime is checked against)."""
+"""PyTorch evaluation of a checkpoint on a LEVIR-CC split (the reference the runtime is checked against).
+
+Only the PyTorch prediction lives here; scoring and the output files are `rsicrc.report`'s,
+shared with the evaluation of exported model folders (`rsicrc.runtime.evaluate`).
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,48 +13,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rsicrc.checkpoint import load_checkpoint, write_json_atomic
+from rsicrc.checkpoint import load_checkpoint
 from rsicrc.data import PairDataset, collate, encode_captions
 from rsicrc.decode import decoding_options, generate
-from rsicrc.levircc import LevirCC, PairRecord
-from rsicrc.metrics import CaptionScorer, evaluation_report
+from rsicrc.errors import ConfigError
+from rsicrc.levircc import LevirCC
+from rsicrc.metrics import CaptionScorer
+from rsicrc.report import EvalOptions, Predictions, finish, metrics_path
 from rsicrc.runtime.preprocess import PreprocessSpec
-from rsicrc.textsim import CaptionMatcher
 from rsicrc.train import pick_device
 
-BASELINE_CANDIDATES = 40  # most frequent training captions tried as the constant baseline
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    data: Path  # LEVIR-CC layout folder
-    split: str = "test"  # train | val | test
-    beam: int = 3  # beam size; 1 = greedy
-    length_penalty: float = 1.0  # alpha in score = logprob / length ** alpha
-    batch_size: int = 16  # pairs per forward pass
-    device: str = "auto"  # auto | cpu | cuda
-    out: Path | None = None  # metrics JSON; predictions go beside it (<stem>.predictions.jsonl)
-    progress: bool = True  # show a progress bar
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """What a backend produced for a split: the inputs of `evaluation_report`."""
-
-    records: list[PairRecord]
-    captions: dict[int, str]  # imgid -> best caption
-    visual: np.ndarray  # [N, C] visual embeddings
-    text: np.ndarray  # [N, C] embeddings of each pair's first reference caption
-
-
-def baseline_candidates(records: Sequence[PairRecord], n: int = BASELINE_CANDIDATES) -> list[str]:
-    """The most frequent captions of the training split (constant-caption baseline)."""
-    counts = Counter(t for r in records if r.split == "train" for t in r.texts)
-    return [c for c, _ in counts.most_common(n)] or [t for r in records for t in r.texts][:n]
+__all__ = ["EvalOptions", "Predictions", "evaluate_checkpoint", "predict_checkpoint"]
 
 
 @torch.no_grad()
 def predict_checkpoint(ckpt_dir: Path, dataset: LevirCC, opts: EvalOptions) -> Predictions:
+    """Caption the split with the PyTorch model (batches of `opts.batch_size` pairs in dataset
+    order) and embed each pair's first reference caption with its text encoder."""
     device = pick_device(opts.device)
     ckpt = load_checkpoint(ckpt_dir, device)
     model, vocab, mc = ckpt.model, ckpt.vocab, ckpt.config.model
@@ -80,33 +53,17 @@ def predict_checkpoint(ckpt_dir: Path, dataset: LevirCC, opts: EvalOptions) -> P
     return Predictions(records, captions, np.concatenate(visual), np.concatenate(text))
 
 
-def write_predictions(path: Path, preds: Predictions) -> None:
-    """One JSON line per pair: imgid, filename, changed, caption, references. Atomic."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for r in preds.records:
-            f.write(json.dumps({"imgid": r.imgid, "filename": r.filename, "changed": r.changed,
-                                "caption": preds.captions[r.imgid], "references": list(r.texts)}) + "\n")
-    os.replace(tmp, path)
+def evaluate_checkpoint(ckpt_dir: Path, opts: EvalOptions, scorer: CaptionScorer | None = None
+                        ) -> dict[str, Any]:
+    """Predict with the PyTorch model, score, write metrics (and predictions) atomically.
 
-
-def report(preds: Predictions, all_records: Sequence[PairRecord], predictions_file: Path) -> dict[str, Any]:
-    """Metrics for any backend's predictions (same keys for PyTorch and exported models)."""
-    with CaptionScorer() as scorer:
-        return evaluation_report(preds.records, preds.captions, preds.visual, preds.text, scorer,
-                                 CaptionMatcher(1.0), baseline_candidates(all_records), str(predictions_file))
-
-
-def evaluate_checkpoint(ckpt_dir: Path, opts: EvalOptions) -> dict[str, Any]:
-    """Predict with the PyTorch model, score, write metrics (and predictions) atomically."""
+    `scorer` lets a caller reuse one METEOR JVM over several evaluations.
+    """
+    if opts.precision is not None or opts.threads is not None or opts.backend is not None:
+        raise ConfigError("--precision, --threads and --backend apply to exported model folders only, "
+                          f"not to the checkpoint folder {ckpt_dir}")
     dataset = LevirCC.open(opts.data)
     preds = predict_checkpoint(ckpt_dir, dataset, opts)
-    out = opts.out or Path(ckpt_dir) / f"metrics_{opts.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pred_file = out.with_name(f"{out.stem}.predictions.jsonl")
-    write_predictions(pred_file, preds)
-    metrics = report(preds, dataset.records, pred_file)
-    metrics["config"] = {"split": opts.split, "beam": opts.beam, "length_penalty": opts.length_penalty,
-                         "backend": "pytorch", "checkpoint": str(ckpt_dir)}
-    write_json_atomic(out, metrics)
-    return metrics
+    config = {"split": opts.split, "beam": opts.beam, "length_penalty": opts.length_penalty,
+              "backend": "pytorch", "precision": "fp32", "checkpoint": str(ckpt_dir)}
+    return finish(preds, dataset, metrics_path(opts, Path(ckpt_dir)), config, scorer)

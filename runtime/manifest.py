@@ -54,6 +54,46 @@ class GraphFile:
                    _number(d["ref_max_abs"], f"{where}.ref_max_abs"))
 
 
+ENGINE_DIR = "engines"  # MODEL_DIR/engines/<file>: TensorRT engines and the timing cache
+ENGINE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """One TensorRT engine in MODEL_DIR/engines/ and what it was built for (DESIGN §8)."""
+
+    graph: str  # contract graph name
+    precision: str  # one of ENGINE_PRECISIONS
+    file: str  # plain file name inside MODEL_DIR/engines/
+    sha256: str  # hex digest of the engine file
+    key: str  # engine cache key: sha256 over the fields below (rsicrc.runtime.trt_backend.engine_key)
+    tensorrt: str  # TensorRT version that built it
+    gpu: str  # GPU name it was built on
+    compute_capability: str  # "major.minor" of that GPU
+    onnx_sha256: str  # sha256 of the fp32 ONNX graph it was built from
+    fp16_mode: str  # "none" (fp32), "builder_flag" (TensorRT 10) or "strongly_typed" (fp16 ONNX)
+    profile: dict[str, dict[str, list[int]]]  # input -> {"min", "opt", "max"} shapes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> EngineRecord:
+        _keys(d, [f.name for f in fields(cls)], where)
+        text = {k: _str(d[k], f"{where}.{k}") for k in ("graph", "precision", "file", "tensorrt", "gpu",
+                                                        "compute_capability", "fp16_mode")}
+        if text["graph"] not in GRAPHS:
+            raise ModelFolderError(f"{where}.graph: unknown graph {text['graph']!r}; "
+                                   f"valid: {', '.join(GRAPHS)}")
+        if text["precision"] not in ENGINE_PRECISIONS:
+            raise ModelFolderError(f"{where}.precision must be one of {', '.join(ENGINE_PRECISIONS)}, "
+                                   f"got {text['precision']!r}")
+        digests = {k: _hex(d[k], f"{where}.{k}") for k in ("sha256", "key", "onnx_sha256")}
+        if text["file"] in ("", ".", "..") or "/" in text["file"] or "\\" in text["file"]:
+            raise ModelFolderError(f"{where}.file must be a plain file name, got {text['file']!r}")
+        return cls(**text, **digests, profile=_profile(d["profile"], f"{where}.profile"))
+
+
 @dataclass(frozen=True)
 class Manifest:
     format_version: int  # FORMAT_VERSION at write time
@@ -69,6 +109,12 @@ class Manifest:
     opset: int  # ONNX opset of the graphs
     exporter: dict[str, str]  # versions: rsicrc, torch, onnx, onnxruntime, exporter kind
     source: dict[str, Any]  # checkpoint path, training step / validation loss
+    # How the int8 graphs were made and how far they are from fp32 (rsicrc.export.quantize);
+    # present exactly when graphs["int8"] is. Optional in the file: folders without int8 omit it.
+    int8: dict[str, Any] | None = None
+    # TensorRT engines built for this folder (rsicrc build-engines), one per graph and precision.
+    # Optional in the file: folders without engines omit it.
+    engines: tuple[EngineRecord, ...] = ()
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary(self.vocab)
@@ -88,6 +134,8 @@ class Manifest:
             "opset": self.opset,
             "exporter": dict(self.exporter),
             "source": self.source,
+            **({"int8": self.int8} if self.int8 is not None else {}),
+            **({"engines": [e.to_dict() for e in self.engines]} if self.engines else {}),
         }
 
     @classmethod
@@ -99,7 +147,7 @@ class Manifest:
         if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
             raise ModelFolderError(f"{where}: unsupported format_version {version!r}; this rsicrc reads "
                                    f"version {FORMAT_VERSION}; re-export the model with this version")
-        _keys(d, [f.name for f in fields(cls)], where)
+        _keys(d, [f.name for f in fields(cls)], where, optional=("int8", "engines"))
         try:
             manifest = cls(
                 format_version=version,
@@ -116,6 +164,8 @@ class Manifest:
                 exporter={k: _str(v, f"{where}: exporter.{k}")
                           for k, v in _mapping(d["exporter"], f"{where}: exporter").items()},
                 source=dict(_mapping(d["source"], f"{where}: source")),
+                int8=dict(_mapping(d["int8"], f"{where}: int8")) if "int8" in d else None,
+                engines=_engines(d.get("engines", []), where),
             )
         except ModelFolderError:
             raise
@@ -145,15 +195,17 @@ class Manifest:
                             f"(listed: {', '.join(self.graphs) or 'none'})")
         elif set(self.graphs[self.default_precision]) != set(GRAPHS):
             problems.append(f"default precision {self.default_precision!r} must list {', '.join(GRAPHS)}")
+        if ("int8" in self.graphs) != (self.int8 is not None):
+            problems.append("int8 graphs and the int8 record must come together")
         if problems:
             raise ModelFolderError(f"{where}: {'; '.join(problems)} (tampered manifest); re-export the model")
 
 
-def _keys(d: Any, known: list[str], where: str) -> None:
+def _keys(d: Any, known: list[str], where: str, optional: tuple[str, ...] = ()) -> None:
     if not isinstance(d, Mapping):
         raise ModelFolderError(f"{where}: expected a JSON object")
     unknown = sorted(str(k) for k in d if k not in known)
-    missing = [k for k in known if k not in d]
+    missing = [k for k in known if k not in d and k not in optional]
     if unknown or missing:
         raise ModelFolderError(f"{where}: unknown key(s) {', '.join(unknown) or 'none'}; missing key(s) "
                                f"{', '.join(missing) or 'none'}; valid keys: {', '.join(known)}")
@@ -187,6 +239,41 @@ def _number(v: Any, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise ModelFolderError(f"{where} must be a finite number >= 0, got {v!r}")
     return float(v)
+
+
+def _hex(v: Any, where: str) -> str:
+    if not isinstance(v, str) or len(v) != 64 or set(v) - set("0123456789abcdef"):
+        raise ModelFolderError(f"{where} must be 64 lower-case hex digits, got {v!r}")
+    return v
+
+
+def _shape(v: Any, where: str) -> list[int]:
+    if not isinstance(v, list) or not v:
+        raise ModelFolderError(f"{where} must be a non-empty list of integers")
+    return [_int(x, where) for x in v]
+
+
+def _profile(v: Any, where: str) -> dict[str, dict[str, list[int]]]:
+    """{input: {"min", "opt", "max"}}: equal-length shapes of ints >= 1 with min <= opt <= max."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for name, shapes in _mapping(v, where).items():
+        _keys(shapes, ["min", "opt", "max"], f"{where}.{name}")
+        lo, opt, hi = (_shape(shapes[k], f"{where}.{name}.{k}") for k in ("min", "opt", "max"))
+        if len(lo) != len(opt) or len(opt) != len(hi) or not all(
+                1 <= a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise ModelFolderError(f"{where}.{name} must be equal-length shapes with 1 <= min <= opt <= max")
+        out[name] = {"min": lo, "opt": opt, "max": hi}
+    return out
+
+
+def _engines(v: Any, where: str) -> tuple[EngineRecord, ...]:
+    if not isinstance(v, list):
+        raise ModelFolderError(f"{where}: engines must be a list")
+    records = tuple(EngineRecord.from_dict(e, f"{where}: engines[{i}]") for i, e in enumerate(v))
+    seen = [(r.graph, r.precision) for r in records]
+    if len(set(seen)) != len(seen):
+        raise ModelFolderError(f"{where}: engines list a graph and precision twice (tampered manifest)")
+    return records
 
 
 def _special_ids(v: Any, where: str) -> dict[str, int]:
