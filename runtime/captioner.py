@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from rsicrc.errors import DataError, ModelFolderError
-from rsicrc.runtime.backend import Backend, OrtBackend
+from rsicrc.runtime.backend import Backend
 from rsicrc.runtime.contract import (
     DECODER_STEP,
     IMAGE_ENCODER,
@@ -34,6 +34,7 @@ from rsicrc.runtime.decoding import DecodeResult, DecodingOptions, StepModel, be
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.manifest import MANIFEST_FILE, Manifest, default_model_dir, load_manifest
 from rsicrc.runtime.preprocess import preprocess_batch
+from rsicrc.runtime.trt_backend import make_backend
 from rsicrc.vocab import tokenize
 
 T = TypeVar("T")
@@ -115,13 +116,15 @@ class Captioner:
     """An exported model folder, loaded once, captioning pairs (and embedding them for search)."""
 
     def __init__(self, model_dir: Path | None = None, device: str = "auto",
-                 precision: str | None = None, threads: int | None = None) -> None:
+                 precision: str | None = None, threads: int | None = None,
+                 backend: str = "onnxruntime") -> None:
         start = time.perf_counter()
         self.model_dir = resolve_model_dir(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir)
         self.vocab = self.manifest.vocabulary()
         self.precision = precision or self.manifest.default_precision
-        self.backend = OrtBackend(self.model_dir, self.manifest, self.precision, device, threads)
+        self.backend: Any = make_backend(backend, self.model_dir, self.manifest, self.precision, device,
+                                         threads)  # "onnxruntime" or "trt" (rsicrc.runtime.trt_backend)
         for graph in (IMAGE_ENCODER, DECODER_STEP):  # load and check now: errors and cost up front
             self.backend.session(graph)
         self.special = {k: self._special(k) for k in ("pad", "start", "end")}
