@@ -31,6 +31,8 @@ def caption(
                                      "(default: the first three, or the only one).", show_default=False),
     precision: str | None = typer.Option(None, "--precision", help="fp32 or int8, as exported "
                                          "(default: the model folder's default).", show_default=False),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or trt for TensorRT engines "
+                                "built with `rsicrc build-engines`."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads per graph "
                                        "(default: ONNX Runtime's choice).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print caption, score, tokens, beams and "
@@ -71,7 +73,7 @@ def caption(
 
             return caption_pairs(pairs, out, options, split=split, model_dir=model, device=device,
                                  precision=precision, threads=threads, batch_size=batch_size,
-                                 bands=chosen_bands, progress=not quiet)
+                                 bands=chosen_bands, progress=not quiet, backend=backend)
         if before is None or after is None:
             raise ConfigError("give BEFORE and AFTER image files, or --pairs SOURCE --out FILE.jsonl")
         if out is not None or split is not None:
@@ -79,7 +81,7 @@ def caption(
         from rsicrc.runtime.captioner import caption_pair
 
         return caption_pair(before, after, options, model_dir=model, device=device, precision=precision,
-                            threads=threads, bands=chosen_bands)
+                            threads=threads, bands=chosen_bands, backend=backend)
 
     result = guarded(run)
     if pairs is not None:

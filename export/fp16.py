@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rsicrc.errors import DependencyError, ExportError
+from rsicrc.runtime.contract import LOGITS
 
 FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax",
@@ -33,7 +34,6 @@ FP32_OPS = frozenset({
     "ConstantOfShape",  # output type set by an attribute
 })
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})  # subgraphs read outer tensors: not converted
-LOGITS = "logits"
 LOGITS_TAIL_OPS = frozenset({"Add", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity",
                              "Cast"})  # may sit between the logits MatMul and the output
 MOVEMENT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather",

@@ -55,9 +55,13 @@ from rsicrc.report import EvalOptions
 from rsicrc.runtime.backend import OrtBackend
 from rsicrc.runtime.captioner import OrtStepModel
 from rsicrc.runtime.contract import (
+    ATTENTION_MASK,
     DECODER_STEP,
     GRAPHS,
     IMAGE_ENCODER,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
     TEXT_ENCODER,
     cross_names,
     past_names,
@@ -255,8 +259,8 @@ def check_int8(fp32: OrtBackend, int8: OrtBackend, manifest: Manifest, inputs: V
     forced along fp32's greedy path, on fp32's cross K/V) and greedy caption agreement."""
     dims = manifest.dims
     images = {"before": inputs.before.astype(np.float32), "after": inputs.after.astype(np.float32)}
-    text = {"input_ids": inputs.input_ids.astype(np.int64),
-            "attention_mask": inputs.attention_mask.astype(np.int64)}
+    text = {INPUT_IDS: inputs.input_ids.astype(np.int64),
+            ATTENTION_MASK: inputs.attention_mask.astype(np.int64)}
     ref_images = fp32.run(IMAGE_ENCODER, images)
     diffs = {IMAGE_ENCODER: _diff(ref_images, int8.run(IMAGE_ENCODER, images)),
              TEXT_ENCODER: _diff(fp32.run(TEXT_ENCODER, text), int8.run(TEXT_ENCODER, text))}
@@ -267,11 +271,11 @@ def check_int8(fp32: OrtBackend, int8: OrtBackend, manifest: Manifest, inputs: V
     tokens = np.full((rows, 1), START, dtype=np.int64)
     step_diff, step_ref = 0.0, 0.0
     for step in range(min(CHECK_STEPS, dims.max_len - 1)):
-        feed = {"input_ids": tokens, "step": np.array([step], dtype=np.int64), **past, **cross}
+        feed = {INPUT_IDS: tokens, STEP: np.array([step], dtype=np.int64), **past, **cross}
         ref = fp32.run(DECODER_STEP, feed)
         d, r = _diff(ref, int8.run(DECODER_STEP, feed))
         step_diff, step_ref = max(step_diff, d), max(step_ref, r)
-        tokens = ref["logits"].argmax(axis=1).astype(np.int64)[:, None]
+        tokens = ref[LOGITS].argmax(axis=1).astype(np.int64)[:, None]
         past = {p: ref[q] for pkv, qkv in zip(past_names(dims), present_names(dims), strict=True)
                 for p, q in zip(pkv, qkv, strict=True)}
     diffs[DECODER_STEP] = (step_diff, step_ref)

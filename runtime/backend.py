@@ -17,7 +17,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from rsicrc.errors import ConfigError, DependencyError, DeviceError, ModelFolderError
-from rsicrc.runtime.contract import DECODER_STEP, GRAPHS, check_io, past_names, present_names
+from rsicrc.runtime.contract import (
+    DECODER_STEP,
+    GRAPHS,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
+    check_io,
+    past_names,
+    present_names,
+)
 from rsicrc.runtime.manifest import Manifest
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -183,15 +192,15 @@ class BoundDecoderStep:
             self._io.bind_ortvalue_input(name, value)
         self._logits = np.zeros((rows, dims.vocab_size), np.float32)  # [R, V]
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits, "cpu", 0)
-        self._io.bind_ortvalue_output("logits", self._logits_value)
+        self._io.bind_ortvalue_output(LOGITS, self._logits_value)
         self._feed: list[np.ndarray] = []  # host inputs of the current step, kept alive
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
         ids = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1)  # [R, 1]
         position = np.array([step], dtype=np.int64)  # [1]
         self._feed = [ids, position]
-        self._io.bind_cpu_input("input_ids", ids)
-        self._io.bind_cpu_input("step", position)
+        self._io.bind_cpu_input(INPUT_IDS, ids)
+        self._io.bind_cpu_input(STEP, position)
         read, write = self._sets[self._current], self._sets[1 - self._current]
         for name, value in zip(self._past, read, strict=True):
             self._io.bind_ortvalue_input(name, value)

@@ -22,9 +22,17 @@ import numpy as np
 from rsicrc.errors import DataError, ModelFolderError
 from rsicrc.runtime.backend import Backend
 from rsicrc.runtime.contract import (
+    AFTER,
+    ATTENTION_MASK,
+    BEFORE,
     DECODER_STEP,
     IMAGE_ENCODER,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
+    TEXT_EMBEDDING,
     TEXT_ENCODER,
+    VISUAL_EMBEDDING,
     Dims,
     cross_names,
     past_names,
@@ -79,14 +87,14 @@ class OrtStepModel:
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
         feed = {
-            "input_ids": np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1),  # [R, 1]
-            "step": np.array([step], dtype=np.int64),  # [1]
+            INPUT_IDS: np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1),  # [R, 1]
+            STEP: np.array([step], dtype=np.int64),  # [1]
             **self.past,
             **self.cross,
         }
         out = self.backend.run(DECODER_STEP, feed)
         self.past = {past: out[present] for present, past in self.next_name.items()}
-        return out["logits"]  # [R, V]
+        return out[LOGITS]  # [R, V]
 
     def reorder(self, source: np.ndarray) -> None:
         index = np.ascontiguousarray(source, dtype=np.int64)  # [R]
@@ -156,8 +164,8 @@ class Captioner:
         return OrtStepModel(self.backend, self.dims, cross, beams)
 
     def _encode(self, before: np.ndarray, after: np.ndarray) -> dict[str, np.ndarray]:
-        return self.backend.run(IMAGE_ENCODER, {"before": np.ascontiguousarray(before, dtype=np.float32),
-                                                "after": np.ascontiguousarray(after, dtype=np.float32)})
+        return self.backend.run(IMAGE_ENCODER, {BEFORE: np.ascontiguousarray(before, dtype=np.float32),
+                                                AFTER: np.ascontiguousarray(after, dtype=np.float32)})
 
     def caption_preprocessed(self, before: np.ndarray, after: np.ndarray, options: DecodingOptions,
                              timing: dict[str, float] | None = None) -> list[CaptionResult]:
@@ -211,7 +219,7 @@ class Captioner:
         """Visual embeddings float32 [B, C] of uint8 pairs (not normalised)."""
         if len(before) != len(after):
             raise DataError(f"got {len(before)} before images but {len(after)} after images")
-        return self._encode(self._preprocess(before), self._preprocess(after))["visual_embedding"]
+        return self._encode(self._preprocess(before), self._preprocess(after))[VISUAL_EMBEDDING]
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Text-encoder inputs: [START, words.., END] ids padded to the longest, and the mask."""
@@ -228,14 +236,14 @@ class Captioner:
         if len(texts) == 0:
             return np.zeros((0, self.dims.d_model), dtype=np.float32)
         tokens, mask = self.encode_texts(texts)
-        return self.backend.run(TEXT_ENCODER, {"input_ids": tokens, "attention_mask": mask})["text_embedding"]
+        return self.backend.run(TEXT_ENCODER, {INPUT_IDS: tokens, ATTENTION_MASK: mask})[TEXT_EMBEDDING]
 
 
 def caption_pair(before: Path, after: Path, options: DecodingOptions, model_dir: Path | None = None,
                  device: str = "auto", precision: str | None = None, threads: int | None = None,
-                 bands: Sequence[int] | None = None) -> CaptionResult:
+                 bands: Sequence[int] | None = None, backend: str = "onnxruntime") -> CaptionResult:
     """Load a model folder and caption one pair of image files (the `rsicrc caption` call)."""
     timing: dict[str, float] = {}
     b, a = _timed(timing, "read", lambda: read_pair(before, after, bands))  # bad images fail before loading
-    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads)
+    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads, backend=backend)
     return captioner.caption_arrays([b], [a], options, timing)[0]

@@ -18,7 +18,19 @@ import numpy as np
 
 from rsicrc.errors import ConfigError, DataError
 from rsicrc.runtime.backend import Backend, OrtBackend
-from rsicrc.runtime.contract import DECODER_STEP, IMAGE_ENCODER, TEXT_ENCODER, cross_names, past_names
+from rsicrc.runtime.contract import (
+    AFTER,
+    ATTENTION_MASK,
+    BEFORE,
+    DECODER_STEP,
+    IMAGE_ENCODER,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
+    TEXT_ENCODER,
+    cross_names,
+    past_names,
+)
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.manifest import Manifest, load_manifest
 from rsicrc.runtime.preprocess import preprocess_batch
@@ -99,13 +111,13 @@ def compare_backends(reference: Backend, candidate: Backend, manifest: Manifest,
             old = worst.get((graph, name), (0.0, 0.0))
             worst[(graph, name)] = (max(old[0], diff), max(old[1], float(np.max(np.abs(value), initial=0.0))))
         if graph == DECODER_STEP:
-            agree.append(np.argmax(cand["logits"], axis=1) == np.argmax(ref["logits"], axis=1))
+            agree.append(np.argmax(cand[LOGITS], axis=1) == np.argmax(ref[LOGITS], axis=1))
         return ref
 
     agree: list[np.ndarray] = []
-    image = run(IMAGE_ENCODER, {"before": before, "after": after})
+    image = run(IMAGE_ENCODER, {BEFORE: before, AFTER: after})
     tokens, mask = encode_queries(manifest, texts)
-    run(TEXT_ENCODER, {"input_ids": tokens, "attention_mask": mask})
+    run(TEXT_ENCODER, {INPUT_IDS: tokens, ATTENTION_MASK: mask})
     dims, rows = manifest.dims, before.shape[0]
     shape = (rows, dims.num_heads, dims.max_len, dims.head_dim)
     past = {n: np.zeros(shape, np.float32) for kv in past_names(dims) for n in kv}
@@ -113,8 +125,8 @@ def compare_backends(reference: Backend, candidate: Backend, manifest: Manifest,
     current = np.full((rows, 1), START, dtype=np.int64)
     steps = max(1, min(steps, dims.max_len - 1))
     for step in range(steps):
-        out = run(DECODER_STEP, {"input_ids": current, "step": np.array([step], np.int64), **past, **cross})
-        current = np.argmax(out["logits"], axis=1).astype(np.int64).reshape(-1, 1)
+        out = run(DECODER_STEP, {INPUT_IDS: current, STEP: np.array([step], np.int64), **past, **cross})
+        current = np.argmax(out[LOGITS], axis=1).astype(np.int64).reshape(-1, 1)
         past = {n: out[n.replace("past_", "present_")] for n in past}
     checks = tuple(OutputCheck(g, o, d, r, tolerance) for (g, o), (d, r) in worst.items())
     agreement = float(np.mean(np.concatenate(agree))) if agree else 1.0

@@ -18,6 +18,10 @@ from rsicrc.errors import ContractError
 IMAGE_ENCODER, TEXT_ENCODER, DECODER_STEP = "image_encoder", "text_encoder", "decoder_step"
 GRAPHS: tuple[str, ...] = (IMAGE_ENCODER, TEXT_ENCODER, DECODER_STEP)
 BATCH, SEQ = "batch", "seq"  # the only dynamic dimensions
+# Tensor names with a fixed spelling; the per-layer cache names come from the *_names functions.
+BEFORE, AFTER, VISUAL_EMBEDDING = "before", "after", "visual_embedding"
+INPUT_IDS, ATTENTION_MASK, TEXT_EMBEDDING = "input_ids", "attention_mask", "text_embedding"
+STEP, LOGITS = "step", "logits"
 DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16}
 
 
@@ -108,20 +112,20 @@ def contract(dims: Dims) -> dict[str, GraphSpec]:
     return {
         IMAGE_ENCODER: GraphSpec(
             IMAGE_ENCODER,
-            inputs=(TensorSpec("before", "float32", image), TensorSpec("after", "float32", image)),
-            outputs=(TensorSpec("visual_embedding", "float32", (BATCH, c)), *pairs(cross_names(dims), cross)),
+            inputs=(TensorSpec(BEFORE, "float32", image), TensorSpec(AFTER, "float32", image)),
+            outputs=(TensorSpec(VISUAL_EMBEDDING, "float32", (BATCH, c)), *pairs(cross_names(dims), cross)),
         ),
         TEXT_ENCODER: GraphSpec(
             TEXT_ENCODER,
-            inputs=(TensorSpec("input_ids", "int64", (BATCH, SEQ)),
-                    TensorSpec("attention_mask", "int64", (BATCH, SEQ))),
-            outputs=(TensorSpec("text_embedding", "float32", (BATCH, c)),),
+            inputs=(TensorSpec(INPUT_IDS, "int64", (BATCH, SEQ)),
+                    TensorSpec(ATTENTION_MASK, "int64", (BATCH, SEQ))),
+            outputs=(TensorSpec(TEXT_EMBEDDING, "float32", (BATCH, c)),),
         ),
         DECODER_STEP: GraphSpec(
             DECODER_STEP,
-            inputs=(TensorSpec("input_ids", "int64", (BATCH, 1)), TensorSpec("step", "int64", (1,)),
+            inputs=(TensorSpec(INPUT_IDS, "int64", (BATCH, 1)), TensorSpec(STEP, "int64", (1,)),
                     *pairs(past_names(dims), cache), *pairs(cross_names(dims), cross)),
-            outputs=(TensorSpec("logits", "float32", (BATCH, dims.vocab_size)),
+            outputs=(TensorSpec(LOGITS, "float32", (BATCH, dims.vocab_size)),
                      *pairs(present_names(dims), cache)),
         ),
     }

@@ -20,7 +20,17 @@ from rsicrc.levircc import LevirCC, PairRecord
 from rsicrc.metrics import CaptionScorer
 from rsicrc.report import EvalOptions, Predictions, finish, metrics_path
 from rsicrc.runtime.captioner import Captioner
-from rsicrc.runtime.contract import IMAGE_ENCODER, TEXT_ENCODER, cross_names
+from rsicrc.runtime.contract import (
+    AFTER,
+    ATTENTION_MASK,
+    BEFORE,
+    IMAGE_ENCODER,
+    INPUT_IDS,
+    TEXT_EMBEDDING,
+    TEXT_ENCODER,
+    VISUAL_EMBEDDING,
+    cross_names,
+)
 from rsicrc.runtime.decoding import DecodingOptions, beam_search
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.preprocess import preprocess_batch
@@ -46,12 +56,12 @@ def _caption_batch(captioner: Captioner, records: Sequence[PairRecord], root: Pa
     spec = captioner.manifest.preprocess
     before = preprocess_batch([b for b, _ in pairs], spec)  # [B, 3, S, S]
     after = preprocess_batch([a for _, a in pairs], spec)
-    outputs = captioner.backend.run(IMAGE_ENCODER, {"before": before, "after": after})
+    outputs = captioner.backend.run(IMAGE_ENCODER, {BEFORE: before, AFTER: after})
     cross = {name: outputs[name] for kv in cross_names(captioner.dims) for name in kv}
     options = captioner.options_for_model(options)
     results = beam_search(captioner.step_model(cross, options.beam_size), len(records), options,
                           start=captioner.special["start"], end=captioner.special["end"])
-    return [captioner.vocab.decode(r.best.tokens) for r in results], outputs["visual_embedding"]
+    return [captioner.vocab.decode(r.best.tokens) for r in results], outputs[VISUAL_EMBEDDING]
 
 
 def predict_model_folder(captioner: Captioner, dataset: LevirCC, opts: EvalOptions) -> Predictions:
@@ -73,8 +83,8 @@ def predict_model_folder(captioner: Captioner, dataset: LevirCC, opts: EvalOptio
     for start in starts:
         chunk = records[start: start + opts.batch_size]
         tokens, mask = encode_token_lists(captioner, [r.captions[0] for r in chunk])
-        out = captioner.backend.run(TEXT_ENCODER, {"input_ids": tokens, "attention_mask": mask})
-        text.append(out["text_embedding"])
+        out = captioner.backend.run(TEXT_ENCODER, {INPUT_IDS: tokens, ATTENTION_MASK: mask})
+        text.append(out[TEXT_EMBEDDING])
     return Predictions(records, captions, np.concatenate(visual), np.concatenate(text))
 
 

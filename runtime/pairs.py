@@ -174,10 +174,10 @@ def caption_to_jsonl(captioner: Captioner, items: Sequence[PairItem], out: Path,
 def caption_pairs(source: Path, out: Path, options: DecodingOptions, split: str | None = None,
                   model_dir: Path | None = None, device: str = "auto", precision: str | None = None,
                   threads: int | None = None, batch_size: int = 8, bands: Sequence[int] | None = None,
-                  progress: bool = True) -> int:
+                  progress: bool = True, backend: str = "onnxruntime") -> int:
     """List the pairs of `source`, load the model and caption them all into `out` (JSONL).
     Returns the number of pairs written. The listing is checked before the model loads."""
     items = list_pairs(source, split)
     _check_run(out, batch_size)
-    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads)
+    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads, backend=backend)
     return caption_to_jsonl(captioner, items, out, options, batch_size, bands, progress)

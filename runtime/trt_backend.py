@@ -34,6 +34,9 @@ from rsicrc.runtime.contract import (
     DECODER_STEP,
     DTYPES,
     GRAPHS,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
     GraphSpec,
     check_io,
     past_names,
@@ -381,7 +384,7 @@ class TrtDecoderStep:
         self._present = [n for kv in present_names(dims) for n in kv]
         empty = np.zeros((), np.float32)  # broadcast views: shapes without memory
         check_profile(DECODER_STEP, engine.record.profile, {
-            "input_ids": np.broadcast_to(empty, (self.rows, 1)),
+            INPUT_IDS: np.broadcast_to(empty, (self.rows, 1)),
             **{n: np.broadcast_to(empty, shape) for n in self._past}, **cross})
         self._context = context = engine.engine.create_execution_context()
         self._sets = [[DeviceBuffer(cuda, self.rows * self._row_bytes) for _ in self._past] for _ in range(2)]
@@ -390,8 +393,8 @@ class TrtDecoderStep:
         self._current = 0  # index of the set holding the caches the next step reads
         self._ids = DeviceBuffer(cuda, self.rows * 8)
         self._step = DeviceBuffer(cuda, 8)
-        engine.set_input(context, "input_ids", (self.rows, 1), self._ids.ptr)
-        engine.set_input(context, "step", (1,), self._step.ptr)
+        engine.set_input(context, INPUT_IDS, (self.rows, 1), self._ids.ptr)
+        engine.set_input(context, STEP, (1,), self._step.ptr)
         self._cross: list[DeviceBuffer] = []
         for name, array in cross.items():
             host = np.ascontiguousarray(array, dtype=np.float32)
@@ -403,7 +406,7 @@ class TrtDecoderStep:
             engine.set_input(context, name, shape, buffer.ptr)
         self._logits = np.zeros((self.rows, dims.vocab_size), np.float32)  # [R, V]
         self._logits_buffer = DeviceBuffer(cuda, self._logits.nbytes)
-        context.set_tensor_address("logits", self._logits_buffer.ptr)
+        context.set_tensor_address(LOGITS, self._logits_buffer.ptr)
         cuda.synchronize()
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
