@@ -11,6 +11,9 @@ from rsicrc.cli.common import app as make_app
 from rsicrc.cli.common import guarded, print_json, setup_logging
 from rsicrc.cli.export import export_command
 from rsicrc.cli.import_original import import_original_command
+from rsicrc.cli.index import index_command
+from rsicrc.cli.search import search_command
+from rsicrc.cli.trt import build_engines_command, check_command
 from rsicrc.runtime.decoding import DecodingOptions
 
 app = make_app("rsicrc: change captioning and text-to-image-pair retrieval for satellite image pairs.")
@@ -34,25 +37,42 @@ def synth(
 
 @app.command()
 def evaluate(
-    model: Path = typer.Argument(..., help="Checkpoint folder (from rsicrc-train)."),
+    model: Path = typer.Argument(..., help="Checkpoint folder (from rsicrc-train) or exported model folder "
+                                 "(from rsicrc export); told apart by their files."),
     data: Path = typer.Option(..., "--data", help="Dataset folder in the LEVIR-CC layout."),
     split: str = typer.Option("test", help="train, val or test."),
     beam: int = typer.Option(DecodingOptions.beam_size, help="Beam size; 1 = greedy."),
     length_penalty: float = typer.Option(DecodingOptions.length_penalty, help="alpha in logprob/len^alpha."),
     batch_size: int = typer.Option(16, help="Pairs per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    out: Path | None = typer.Option(None, help="Metrics JSON (default MODEL/metrics_<split>.json)."),
+    precision: str | None = typer.Option(None, help="Model folders only: fp32 or int8 "
+                                         "(default: the manifest's default precision)."),
+    threads: int | None = typer.Option(None, help="Model folders only: ONNX Runtime threads."),
+    backend: str | None = typer.Option(None, help="Model folders only: onnxruntime (default) or trt."),
+    out: Path | None = typer.Option(None, help="Metrics JSON (default MODEL/metrics_<split>.json; "
+                                    "model folders: MODEL/metrics_<split>_<precision>.json)."),
     json_out: bool = typer.Option(False, "--json", help="Print the whole metrics JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Caption a split and score it: BLEU/METEOR/ROUGE-L/CIDEr, retrieval P/R/MRR@k, no-change
-    accuracy and a constant-caption baseline, all pairs and changed pairs only."""
+    accuracy and a constant-caption baseline, all pairs and changed pairs only. A checkpoint is
+    evaluated with PyTorch, a model folder with the torch-free runtime; same metrics, same keys."""
     setup_logging()
-    from rsicrc.evaluate import EvalOptions, evaluate_checkpoint
+    from rsicrc.report import EvalOptions, folder_kind
 
-    opts = EvalOptions(data=data, split=split, beam=beam, length_penalty=length_penalty,
-                       batch_size=batch_size, device=device, out=out, progress=not quiet)
-    metrics = guarded(lambda: evaluate_checkpoint(model, opts))
+    def run() -> dict:
+        opts = EvalOptions(data=data, split=split, beam=beam, length_penalty=length_penalty,
+                           batch_size=batch_size, device=device, out=out, progress=not quiet,
+                           precision=precision, threads=threads, backend=backend)
+        if folder_kind(model) == "model":
+            from rsicrc.runtime.evaluate import evaluate_model_folder
+
+            return evaluate_model_folder(model, opts)
+        from rsicrc.evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(model, opts)
+
+    metrics = guarded(run)
     if json_out:
         print_json(metrics)
     else:
@@ -79,6 +99,10 @@ def format_metrics(m: dict) -> str:
 app.command("export")(export_command)
 app.command("caption")(caption)
 app.command("import-original")(import_original_command)
+app.command("build-engines")(build_engines_command)
+app.command("check")(check_command)
+app.command("index")(index_command)
+app.command("search")(search_command)
 
 
 def main() -> None:

@@ -49,3 +49,7 @@ class DeviceError(RsicrcError):
 
 class DependencyError(RsicrcError):
     """An optional dependency needed for this feature is not installed."""
+
+
+class IndexFolderError(RsicrcError):
+    """A retrieval index folder is missing, damaged, or was made with another model."""

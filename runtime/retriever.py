@@ -1,0 +1,396 @@
+"""Text-to-image-pair retrieval (DESIGN §7): fill an index folder (`rsicrc.runtime.index`) with an
+exported model's image encoder (`index_pairs`, the `rsicrc index` call) and search it with the same
+model's text encoder (`Retriever`, the `rsicrc search` call). Torch-free.
+
+Identity. An index records the sha256 of the image- and text-encoder graphs (of one precision)
+that made it; appending with, or searching with, any other model is an IndexFolderError naming
+both. The model folder for search defaults to the one recorded in the index while it still has a
+manifest, else default_model_dir(); the precision is always the index's.
+
+Queries are tokenized with the model's vocabulary (unknown words become UNK and are named in a
+warning), embedded by the text-encoder graph alone (the image encoder and decoder are not loaded)
+and L2-normalised; a hit's score is the cosine similarity with the pair's visual embedding.
+
+Exact search (backend "exact"). The stored rows are multiplied with the float32 queries [q, C] in
+chunks of CHUNK_BYTES (one query) or BATCH_CHUNK_BYTES of float32 (float16 rows are cast chunk by
+chunk, exactly, by ONNX Runtime's vectorised Cast when it is installed; every product accumulates
+in float32 in numpy's BLAS), keeping a running top-k per query: the rows scoring above the k-th best
+so far (argpartition plus every row tied with the k-th while that is not known, or when too many
+are above it), merged with the best so far by (score descending, row ascending). The result equals
+sorting the brute force `stored.astype(float32) @ q` by (-score, row). Memory: the memory-mapped
+shards plus one chunk; 1,000,000 x 2048 float16 rows are 4 GB.
+
+FAISS (backend "faiss", needs faiss-cpu: `pip install 'rsicrc[faiss]'`): an IndexFlatIP built at
+load from the stored rows as float32 (twice the memory of float16 storage, held in RAM). Its scores
+equal exact search within float32 rounding, its ids too except where scores tie.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsicrc.errors import ConfigError, DataError, DependencyError, IndexFolderError, ModelFolderError
+from rsicrc.levircc import ANNOTATION_FILE, LevirCC
+from rsicrc.runtime.backend import OrtBackend, import_onnxruntime
+from rsicrc.runtime.captioner import Captioner, resolve_model_dir
+from rsicrc.runtime.contract import TEXT_ENCODER
+from rsicrc.runtime.images import read_pair
+from rsicrc.runtime.index import (
+    DEFAULT_COMMIT_ROWS,
+    INDEX_FILE,
+    Entry,
+    IndexWriter,
+    StoredIndex,
+    model_identity,
+    normalize_rows,
+    open_index,
+    read_header,
+)
+from rsicrc.runtime.manifest import MANIFEST_FILE, Manifest, default_model_dir, load_manifest, sha256_file
+from rsicrc.runtime.pairs import list_pairs
+from rsicrc.vocab import tokenize
+
+BACKENDS: tuple[str, ...] = ("exact", "faiss")
+DEFAULT_TOP_K = 10
+# float32 bytes of stored rows per matrix product. One query: 1 MiB keeps OpenBLAS's [1, C] x [C, n]
+# product under its multithreading threshold (measured 2-5x faster on 2 cores, more on a busy machine);
+# several queries: larger products, where BLAS threads pay off.
+CHUNK_BYTES = 1 << 20
+BATCH_CHUNK_BYTES = 8 << 20
+SCORE_BYTES = 64 << 20  # bytes of one chunk's [q, rows] score matrix
+log = logging.getLogger(__name__)
+
+TopK = tuple[np.ndarray, np.ndarray, np.ndarray]  # flat (query, score, row), grouped by query
+
+
+def check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ConfigError(f"top-k must be an integer >= 1, got {top_k!r}")
+    return int(top_k)
+
+
+def check_queries(queries: Any, dim: int) -> np.ndarray:
+    """Query embeddings as C-contiguous float32 [q, dim], finite."""
+    array = np.ascontiguousarray(queries, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise DataError(f"query embeddings must be [q, {dim}], got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise DataError("query embeddings contain NaN or infinity")
+    return array
+
+
+def _where_true(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) int64 of the True entries of a 2-D mask (np.nonzero is ~10x slower in 2-D)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
+
+
+def candidates(scores: np.ndarray, first_row: int, k: int, floor: np.ndarray | None = None) -> TopK:
+    """Every entry of `scores` [q, n] that can still enter its query's top k, as flat (query, score,
+    global row). With `floor` [q], the k-th best score so far (earlier rows win ties), the entries
+    above it, when few; else the k largest of each row and every entry tied with the k-th."""
+    n = scores.shape[1]
+    if floor is not None:
+        above = scores > floor[:, None]
+        if np.count_nonzero(above) <= 4 * k * scores.shape[0]:  # the usual case: no argpartition
+            qi, ri = _where_true(above)
+            return qi, scores[qi, ri], ri + first_row
+    if n > k:
+        kth = np.take_along_axis(scores, np.argpartition(scores, n - k, axis=1)[:, n - k: n - k + 1], 1)
+        qi, ri = _where_true(scores >= kth)
+    else:
+        qi, ri = (a.ravel().astype(np.int64) for a in np.indices(scores.shape))
+    return qi, scores[qi, ri], ri + first_row
+
+
+def merge_top_k(a: TopK, b: TopK, k: int) -> TopK:
+    """The k best of each query over two candidate sets, by (score descending, row ascending)."""
+    qi, s, r = (np.concatenate(pair) for pair in zip(a, b, strict=True))
+    order = np.lexsort((r, -s, qi))
+    qi, s, r = qi[order], s[order], r[order]
+    keep = np.arange(len(qi)) - np.searchsorted(qi, qi, side="left") < k
+    return qi[keep], s[keep], r[keep]
+
+
+def _pb(field_number: int, value: int | str | bytes) -> bytes:
+    """One protobuf field: an int as a varint, a str or bytes length-delimited."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out + bytes([n]))
+
+    if isinstance(value, int):
+        return varint(field_number << 3) + varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return varint(field_number << 3 | 2) + varint(len(data)) + data
+
+
+def cast_model() -> bytes:
+    """A one-node ONNX model (ModelProto, IR 8, opset 17): y float32 [n, c] = Cast(x float16 [n, c]).
+    Encoded by hand so that the runtime needs no `onnx` package."""
+    def value(name: str, elem_type: int) -> bytes:  # ValueInfoProto: TypeProto.tensor_type, dims n, c
+        shape = _pb(2, _pb(1, _pb(2, "n")) + _pb(1, _pb(2, "c")))
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, elem_type) + shape))
+
+    to_float = _pb(1, "to") + _pb(3, 1) + _pb(20, 2)  # AttributeProto: to = FLOAT (1), type INT (2)
+    node = _pb(1, "x") + _pb(2, "y") + _pb(4, "Cast") + _pb(5, to_float)
+    graph = _pb(1, node) + _pb(2, "cast") + _pb(11, value("x", 10)) + _pb(12, value("y", 1))  # FLOAT16, FLOAT
+    return _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17))
+
+
+@functools.lru_cache(maxsize=1)
+def float16_caster() -> Callable[[np.ndarray], np.ndarray]:
+    """float16 [n, c] -> float32. ONNX Runtime's Cast kernel is vectorised (measured 4-5x faster than
+    numpy's cast here, which dominates a float16 search); without ONNX Runtime, numpy. Both are
+    exact, so search results do not depend on which one runs."""
+    try:
+        ort = import_onnxruntime()
+    except DependencyError:
+        return lambda block: block.astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one caller thread; numpy's BLAS runs the products
+    options.log_severity_level = 3
+    session = ort.InferenceSession(cast_model(), sess_options=options, providers=["CPUExecutionProvider"])
+    return lambda block: session.run(None, {"x": np.ascontiguousarray(block)})[0]
+
+
+def exact_search(index: StoredIndex, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by dot product (module docstring): scores float32 [q, k'] and rows int64 [q, k'],
+    best first, ties by lower row; k' = min(top_k, len(index)). Queries: [q, C], used as given."""
+    queries, k = check_queries(queries, index.dim), check_top_k(top_k)
+    q = queries.shape[0]
+    best: TopK = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    chunk = CHUNK_BYTES if q == 1 else BATCH_CHUNK_BYTES
+    step = max(16, min(chunk // (4 * index.dim), SCORE_BYTES // (4 * max(q, 1))))
+    cast = float16_caster() if index.header.dtype == "float16" else np.asarray
+    floor = None  # [q] the k-th best score so far, once every query has k
+    for first, array in index.blocks():
+        for a in range(0, array.shape[0], step):
+            block = cast(array[a: a + step])  # float32 [n, C]
+            found = candidates(queries @ block.T, first + a, k, floor)
+            if len(found[0]):  # usually empty once the top k is good
+                best = merge_top_k(best, found, k)
+                if len(best[0]) == q * k:
+                    floor = best[1].reshape(q, k)[:, -1]
+    width = min(k, len(index))
+    return best[1].reshape(q, width), best[2].reshape(q, width)
+
+
+def import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise DependencyError("the faiss backend needs faiss-cpu: pip install 'rsicrc[faiss]' "
+                              "(or use --backend exact)") from None
+    return faiss
+
+
+class FaissSearch:
+    """A FAISS flat inner-product index over the stored rows, as float32 in RAM."""
+
+    def __init__(self, index: StoredIndex) -> None:
+        faiss = import_faiss()
+        self.flat = faiss.IndexFlatIP(index.dim)
+        step = max(1, CHUNK_BYTES // (4 * index.dim))
+        for _, array in index.blocks():
+            for a in range(0, array.shape[0], step):
+                self.flat.add(np.ascontiguousarray(array[a: a + step], dtype=np.float32))
+
+    def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries, k = check_queries(queries, self.flat.d), min(check_top_k(top_k), self.flat.ntotal)
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, rows = self.flat.search(queries, k)
+        return scores, rows.astype(np.int64)
+
+
+class QueryEncoder(Captioner):
+    """The Captioner's text side alone: only the text-encoder graph is loaded (the paper model's
+    image encoder and decoder would cost seconds and gigabytes a search does not need). It reuses
+    Captioner.encode_texts/embed_text, so queries are tokenized exactly as captions are."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, precision: str, device: str = "auto",
+                 threads: int | None = None, verify: bool = True) -> None:
+        # Deliberately not Captioner.__init__, which also loads the image encoder and decoder.
+        start = time.perf_counter()
+        self.model_dir, self.manifest, self.precision = Path(model_dir), manifest, precision
+        self.vocab = manifest.vocabulary()
+        self.backend = OrtBackend(self.model_dir, manifest, precision, device, threads)
+        path = self.model_dir / manifest.graphs[precision][TEXT_ENCODER].file
+        if verify and sha256_file(path) != manifest.graphs[precision][TEXT_ENCODER].sha256:
+            raise ModelFolderError(f"{path}: sha256 differs from the manifest (file changed after export); "
+                                   "re-export the model")
+        self.backend.session(TEXT_ENCODER)
+        self.special = {k: self._special(k) for k in ("pad", "start", "end")}
+        self.load_ms = (time.perf_counter() - start) * 1000.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    rank: int  # 1 = best
+    score: float  # cosine similarity of the query and the pair's visual embedding
+    id: str  # the pair's id in the index
+    before: str  # path of the earlier image
+    after: str  # path of the later image
+    metadata: dict[str, Any] = field(default_factory=dict)  # as stored (LEVIR-CC: split, changeflag)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": self.score, "id": self.id, "before": self.before,
+                "after": self.after, "metadata": dict(self.metadata)}
+
+
+class Retriever:
+    """An index folder and the model that made it, loaded once, answering text queries."""
+
+    def __init__(self, index_dir: Path, model_dir: Path | None = None, device: str = "auto",
+                 backend: str = "exact", threads: int | None = None, verify: bool = True) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        self.index = open_index(index_dir, verify)
+        stored = self.index.model
+        if model_dir is None:
+            recorded = Path(stored.model_dir)
+            model_dir = recorded if (recorded / MANIFEST_FILE).is_file() else default_model_dir()
+        path = resolve_model_dir(model_dir)
+        manifest = load_manifest(path, verify=False)  # the graph that runs is hashed by QueryEncoder
+        if stored.precision not in manifest.graphs:
+            raise IndexFolderError(f"{index_dir} was made with {stored.precision} graphs, which {path} "
+                                   f"does not have ({', '.join(sorted(manifest.graphs))}); use the model "
+                                   "that built it")
+        ours = model_identity(path, manifest, stored.precision)
+        if not ours.same_model(stored):
+            raise IndexFolderError(f"{index_dir} was made with another model ({stored.describe()}), not "
+                                   f"{ours.describe()}; search with that model or index again with this one")
+        self.encoder = QueryEncoder(path, manifest, stored.precision, device, threads, verify)
+        self.backend = backend
+        self._faiss = FaissSearch(self.index) if backend == "faiss" else None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def unknown_words(self, queries: Sequence[str]) -> list[list[str]]:
+        """Per query, its words that are not in the model's vocabulary (they become UNK)."""
+        return [self.encoder.vocab.unknown_words(tokenize(q)) for q in queries]
+
+    def embed(self, queries: Sequence[str]) -> np.ndarray:
+        """L2-normalised query embeddings float32 [q, C]."""
+        texts = list(queries)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not tokenize(text):
+                raise ConfigError(f"query {i + 1} has no words: {text!r}")
+        return normalize_rows(self.encoder.embed_text(texts))
+
+    def search(self, queries: Sequence[str], top_k: int = DEFAULT_TOP_K, warn: bool = True
+               ) -> list[list[Hit]]:
+        """The top_k pairs for each query, best first (fewer when the index is smaller); `warn`
+        logs unknown words and words past the model's length."""
+        texts, k = list(queries), check_top_k(top_k)
+        vectors = self.embed(texts)
+        if warn:
+            for line in self.warnings(texts):
+                log.warning("%s", line)
+        return self.search_vectors(vectors, k)
+
+    def warnings(self, queries: Sequence[str]) -> list[str]:
+        """One line per query with unknown words or more words than the model reads."""
+        limit = self.encoder.manifest.max_len - 2
+        lines = []
+        for i, (text, unknown) in enumerate(zip(queries, self.unknown_words(queries), strict=True)):
+            label = f"query {i + 1}" if len(queries) > 1 else "the query"
+            if unknown:
+                lines.append(f"warning: {label} has word(s) not in the model's vocabulary, read as <UNK>: "
+                             f"{', '.join(dict.fromkeys(unknown))}")
+            if len(tokenize(text)) > limit:
+                lines.append(f"warning: {label} has more than {limit} words; the rest are ignored")
+        return lines
+
+    def search_vectors(self, vectors: np.ndarray, top_k: int = DEFAULT_TOP_K) -> list[list[Hit]]:
+        """Search with query embeddings [q, C] (normalised here)."""
+        queries = normalize_rows(check_queries(vectors, self.index.dim))
+        search = self._faiss.search if self._faiss is not None else self._exact
+        scores, rows = search(queries, top_k)
+        records = self.index.records(rows.ravel().tolist())
+        hits: list[list[Hit]] = []
+        for q in range(rows.shape[0]):
+            row = records[q * rows.shape[1]: (q + 1) * rows.shape[1]]
+            hits.append([Hit(r + 1, float(scores[q, r]), e.id, e.before, e.after, dict(e.metadata))
+                         for r, e in enumerate(row)])
+        return hits
+
+    def _exact(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(self.index, queries, top_k)
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one `index_pairs` run did."""
+
+    added: int  # pairs embedded and committed by this run
+    skipped: int  # listed pairs already in the index (append, resume)
+    total: int  # entries in the index now
+    index_dir: Path  # the index folder
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `rsicrc index --json` form."""
+        return {"added": self.added, "skipped": self.skipped, "total": self.total,
+                "index": str(self.index_dir)}
+
+
+def _entries(source: Path, split: str | None) -> list[Entry]:
+    """The pairs of `source` as index entries with absolute paths; LEVIR-CC pairs carry their
+    split and changeflag as metadata."""
+    items = list_pairs(source, split)
+    meta: dict[Path, dict[str, Any]] = {}
+    if Path(source).is_dir() and (Path(source) / ANNOTATION_FILE).is_file():
+        for r in LevirCC.open(source).records:
+            meta[r.image_paths(source)[0]] = {"split": r.split, "changeflag": int(r.changed)}
+    return [Entry(i.id, str(i.before.resolve()), str(i.after.resolve()), meta.get(i.before, {}))
+            for i in items]
+
+
+def index_pairs(source: Path, index_dir: Path, model_dir: Path | None = None, split: str | None = None,
+                batch_size: int = 8, dtype: str | None = None, device: str = "auto",
+                precision: str | None = None, threads: int | None = None,
+                bands: Sequence[int] | None = None, commit_every: int = DEFAULT_COMMIT_ROWS,
+                progress: bool = True) -> IndexReport:
+    """Embed the pairs of `source` (a LEVIR-CC folder, a folder with A/ and B/, or a CSV) into the
+    index folder, creating it or appending: ids already committed are skipped (resume), every
+    `commit_every` pairs are committed. The listing is checked before the model loads."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    entries = _entries(source, split)
+    index_dir = Path(index_dir)
+    if precision is None and (index_dir / INDEX_FILE).is_file():
+        precision = read_header(index_dir).model.precision  # append with what made the index
+    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads)
+    identity = model_identity(captioner.model_dir, captioner.manifest, captioner.precision)
+    from tqdm import tqdm
+
+    with IndexWriter.open(index_dir, identity, captioner.dims.d_model, dtype, commit_every) as writer:
+        todo = writer.pending(entries)
+        with tqdm(total=len(todo), unit="pair", file=sys.stderr, disable=not progress,
+                  desc="indexing") as bar:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start: start + batch_size]
+                arrays = []
+                for e in batch:
+                    try:
+                        arrays.append(read_pair(Path(e.before), Path(e.after), bands))
+                    except DataError as err:
+                        raise type(err)(f"pair {e.id}: {err}") from None
+                writer.add(batch, captioner.embed_images([a[0] for a in arrays], [a[1] for a in arrays]))
+                bar.update(len(batch))
+        total = writer.count
+    return IndexReport(added=len(todo), skipped=len(entries) - len(todo), total=total, index_dir=index_dir)
