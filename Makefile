@@ -35,19 +35,19 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	rm -rf $(OUT)/data $(OUT)/checkpoint $(OUT)/model
-	@echo "== 1/5 synthesize $(PAIRS) pairs (seed $(SEED))"
+	rm -rf $(OUT)/data $(OUT)/checkpoint $(OUT)/model $(OUT)/index
+	@echo "== 1/6 synthesize $(PAIRS) pairs (seed $(SEED))"
 	$(BIN)/rsicrc synth --out $(OUT)/data --pairs $(PAIRS) --seed $(SEED)
-	@echo "== 2/5 train the tiny config on CPU (at most $(DEMO_MINUTES) minutes)"
+	@echo "== 2/6 train the tiny config on CPU (at most $(DEMO_MINUTES) minutes)"
 	$(BIN)/rsicrc-train --config tiny --data $(OUT)/data --out $(OUT)/checkpoint \
 		--seed $(SEED) --max-minutes $(DEMO_MINUTES)
-	@echo "== 3/5 evaluate on the synthetic test split (PyTorch, beam 3)"
+	@echo "== 3/6 evaluate on the synthetic test split (PyTorch, beam 3)"
 	$(BIN)/rsicrc evaluate $(OUT)/checkpoint --data $(OUT)/data --split test --beam 3 \
 		--out $(OUT)/metrics.json
 	$(PY) scripts/demo_show.py targets $(OUT)/metrics.json
-	@echo "== 4/5 export to ONNX (validated against PyTorch)"
+	@echo "== 4/6 export to ONNX (validated against PyTorch)"
 	$(BIN)/rsicrc export $(OUT)/checkpoint --out $(OUT)/model --data $(OUT)/data
-	@echo "== 5/5 caption with the torch-free runtime"
+	@echo "== 5/6 caption with the torch-free runtime"
 	@pair=$$(ls $(OUT)/data/images/test/A | head -n 1); \
 	echo "held-out synthetic pair $$pair:"; \
 	$(BIN)/rsicrc caption $(OUT)/data/images/test/A/$$pair $(OUT)/data/images/test/B/$$pair --model $(OUT)/model; \
@@ -59,7 +59,21 @@ demo: $(STAMP)
 			--out $(OUT)/levircc_samples.jsonl --quiet; \
 		$(PY) scripts/demo_show.py captions $(OUT)/levircc_samples.jsonl; \
 	else echo "($(SHARED)/data/levircc/samples not found: real sample pairs skipped)"; fi
-	@echo "metrics: $(OUT)/metrics.json   model: $(OUT)/model"
+	@echo "== 6/6 index the synthetic test split and search it by text (top 5)"
+	$(BIN)/rsicrc index $(OUT)/data --split test --model $(OUT)/model --out $(OUT)/index --quiet
+	$(PY) scripts/demo_show.py queries $(SHARED)/data/levircc/LevirCCcaptions.json > $(OUT)/queries.txt
+	$(BIN)/rsicrc search --index $(OUT)/index --model $(OUT)/model --queries $(OUT)/queries.txt --top-k 5
+	@echo "metrics: $(OUT)/metrics.json   model: $(OUT)/model   index: $(OUT)/index"
+
+# benchmarks (benchmarks/README.md), BENCH_ARGS e.g. "--tiny-checkpoint CKPT --data DATA";
+# order-only on the venv: a benchmark never reinstalls the environment it measures
+BENCH_ARGS ?=
+.PHONY: bench bench-quick
+bench: | $(STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: | $(STAMP)
+	$(PY) -m benchmarks.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache *.egg-info

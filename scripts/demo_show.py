@@ -20,6 +20,24 @@ def captions(jsonl: Path) -> None:
         print(f"  {row['id']}: {row['caption']}")
 
 
+DEMO_QUERIES = (
+    "two houses are built at the top of the scene",
+    "a road is built through the trees",
+    "the scene is the same as before",
+)
+
+
+def queries(levircc: Path, real: int = 3) -> None:
+    """Demo search queries: a few written ones, then real LEVIR-CC change captions (test split)."""
+    for q in DEMO_QUERIES:
+        print(q)
+    if levircc.is_file():
+        images = json.loads(levircc.read_text())["images"]
+        changed = [e for e in images if e["split"] == "test" and e.get("changeflag")]
+        for entry in changed[:real]:
+            print(entry["sentences"][0]["raw"].strip().rstrip(" ."))
+
+
 def targets(metrics_file: Path) -> None:
     """The demo's bar (foundation issue): no-change accuracy, CIDEr vs baseline, R@5 vs chance."""
     m = json.loads(metrics_file.read_text())
@@ -42,6 +60,8 @@ if __name__ == "__main__":
         captions(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["targets"] and len(sys.argv) == 3:
         targets(Path(sys.argv[2]))
+    elif sys.argv[1:2] == ["queries"] and len(sys.argv) == 3:
+        queries(Path(sys.argv[2]))
     else:
         sys.exit("usage: demo_show.py references ANNOTATIONS SPLIT FILENAME"
-                 " | captions FILE.jsonl | targets FILE.json")
+                 " | captions FILE.jsonl | targets FILE.json | queries LEVIRCC.json")
