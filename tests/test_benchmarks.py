@@ -1,0 +1,94 @@
+"""Smoke tests of the benchmark scripts: cheap imports, and the record format of a tiny run.
+
+No timing assertions: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = ("name", "config", "backend", "precision", "batch", "beam", "median_ms", "min_ms", "max_ms",
+            "pairs_per_s", "peak_rss_mb")
+
+
+def test_scripts_import_without_heavy_libraries() -> None:
+    code = ("import sys\n"
+            "import benchmarks.captioning, benchmarks.machine, benchmarks.quality, benchmarks.run\n"
+            "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'open_clip') if m in sys.modules]\n"
+            "print(','.join(heavy))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported at import time: {proc.stdout.strip()}"
+    for module in ("captioning", "machine", "quality", "run"):
+        assert callable(importlib.import_module(f"benchmarks.{module}").main)
+
+
+@pytest.fixture(scope="module")
+def int8_tiny(tiny_model: Path, small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared tiny model folder copied, with int8 graphs added (few calibration pairs)."""
+    from rsicrc.export.quantize import quantize_model
+
+    folder = tmp_path_factory.mktemp("bench_int8") / "model"
+    shutil.copytree(tiny_model, folder)
+    quantize_model(folder, small_synth_dir, pairs=8)
+    return folder
+
+
+def _spec(contender: str, tiny_model: Path, model_dir: Path):
+    from benchmarks.captioning import BenchSpec
+
+    return BenchSpec("tiny", contender, str(tiny_model.parent / "ckpt"), str(model_dir), batches=(1, 2),
+                     beams=(1, 2), tokens=2, threads=1, max_repeats=1, case_budget_s=0.0)
+
+
+def test_tiny_captioning_records(tiny_model: Path, int8_tiny: Path) -> None:
+    """Every contender yields one record per (batch, beam) with the required keys and sane values."""
+    from benchmarks.captioning import CONTENDERS, run_contender
+
+    for contender in CONTENDERS:
+        result = run_contender(_spec(contender, tiny_model, int8_tiny))
+        records = result["records"]
+        cases = {(r["batch"], r["beam"]) for r in records}
+        want = {(1, 1), (1, 2), (2, 1)} | (set() if contender == "reference" else {(2, 2)})
+        assert cases == want, contender
+        for r in records:
+            assert set(REQUIRED) <= set(r), contender
+            assert r["config"] == "tiny" and r["contender"] == contender and r["tokens"] == 2
+            assert r["precision"] == ("int8" if contender == "ort-int8" else "fp32")
+            assert r["backend"] == ("pytorch" if contender in ("reference", "torch-kv") else "onnxruntime")
+            assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+            assert r["pairs_per_s"] > 0 and r["peak_rss_mb"] > 0
+            assert r["encoder_ms"] > 0 and r["step_ms"] > 0
+        assert result["meta"]["decoder_weight_bytes"] > 0
+        if contender in ("reference", "torch-kv"):
+            assert result["meta"]["encoder_gflop"] > 0
+
+
+def test_subprocess_run_and_report(tiny_model: Path, int8_tiny: Path) -> None:
+    """A contender in its own process returns the same record format; the report renders it."""
+    from benchmarks.captioning import run_in_subprocess
+    from benchmarks.run import analysis, targets, write_markdown
+
+    result = run_in_subprocess(_spec("ort-fp32", tiny_model, int8_tiny), timeout_s=120)
+    assert "error" not in result, result.get("error")
+    assert len(result["records"]) == 4
+    state = {"records": result["records"], "meta": {"tiny": {"ort-fp32": result["meta"]}},
+             "limits": {"gemm_gflops": 100.0, "read_gbs": 10.0}, "retrieval": [], "quality": []}
+    state["analysis"] = analysis(state)
+    assert state["analysis"] and state["analysis"][0]["decoder_gbs"] > 0
+    rows = targets(state)
+    assert all(t["met"] is None for t in rows if "paper" in t["target"])  # no paper records: not measured
+    text = write_markdown({"mode": "quick", "generated": "now", "wall_s": 1.0, "threads": 1, "tokens": 2,
+                           "machine": {}, "limits": state["limits"], "load_average_end": [0, 0, 0],
+                           "artefacts": {}, "records": state["records"], "analysis": state["analysis"],
+                           "retrieval": [], "quality": [], "targets": rows, "skipped": [], "errors": []})
+    assert "tiny/ort-fp32" not in text and "(c) ONNX Runtime fp32" in text
+    json.dumps(result)  # records are plain JSON
