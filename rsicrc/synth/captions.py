@@ -202,9 +202,11 @@ def _trees_removed(rng: np.random.Generator, c: Change) -> str:
     return f"{np_} {vp}"
 
 
-def _parking_built(rng: np.random.Generator, c: Change) -> str:
-    np_ = _pick(rng, LOTS[c.count])
-    vp = _pick(rng, BUILT_MANY if c.count == "two" else BUILT_ONE)
+def _appeared(rng: np.random.Generator, c: Change, nouns: dict[str, tuple[str, ...]],
+              verbs: tuple[str, ...], becomes: str) -> str:
+    """Shared clause shapes of things that appear on some ground (parking lots, ponds)."""
+    np_ = _pick(rng, nouns[c.count])
+    vp = _pick(rng, verbs)
     loc, ctx = _loc(rng, c), _pick(rng, ON[c.context])
     pat = int(rng.choice(4, p=[0.4, 0.3, 0.2, 0.1]))
     if pat == 0:
@@ -212,8 +214,12 @@ def _parking_built(rng: np.random.Generator, c: Change) -> str:
     if pat == 1:
         return f"{np_} {vp} {ctx} {loc}"
     if pat == 2:
-        return f"{_pick(rng, THE[c.context])} {loc} is turned into {np_}"
+        return f"{_pick(rng, THE[c.context])} {loc} {becomes} {np_}"
     return f"{np_} {vp} {ctx}"
+
+
+def _parking_built(rng: np.random.Generator, c: Change) -> str:
+    return _appeared(rng, c, LOTS, BUILT_MANY if c.count == "two" else BUILT_ONE, "is turned into")
 
 
 def _pool_built(rng: np.random.Generator, c: Change) -> str:
@@ -230,17 +236,7 @@ def _pool_built(rng: np.random.Generator, c: Change) -> str:
 
 
 def _pond_appeared(rng: np.random.Generator, c: Change) -> str:
-    np_ = _pick(rng, PONDS[c.count])
-    vp = _pick(rng, POND_ONE if c.count == "a" else POND_MANY)
-    loc, ctx = _loc(rng, c), _pick(rng, ON[c.context])
-    pat = int(rng.choice(4, p=[0.4, 0.3, 0.2, 0.1]))
-    if pat == 0:
-        return f"{np_} {vp} {loc}"
-    if pat == 1:
-        return f"{np_} {vp} {ctx} {loc}"
-    if pat == 2:
-        return f"{_pick(rng, THE[c.context])} {loc} turns into {np_}"
-    return f"{np_} {vp} {ctx}"
+    return _appeared(rng, c, PONDS, POND_ONE if c.count == "a" else POND_MANY, "turns into")
 
 
 def _lake_dried(rng: np.random.Generator, c: Change) -> str:
