@@ -116,7 +116,7 @@ class LevirCC:
 
     def build_vocabulary(self) -> Vocabulary:
         """The vocabulary rule over every caption of the annotation file (LEVIR-CC: 468)."""
-        return Vocabulary.build(c for r in self.records for c in r.captions)
+        return vocabulary_from_records(self.records)
 
 
 def vocabulary_from_records(records: Sequence[PairRecord]) -> Vocabulary:

@@ -130,3 +130,15 @@ def random_pairs(n: int, seed: int = 0, size: int = 72) -> tuple[list[np.ndarray
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny exported model folder; its checkpoint folder is `tiny_model.parent / "ckpt"`."""
     return tiny_model_dir(tmp_path_factory)
+
+
+def assert_one_line_error(result, *expected: str) -> str:
+    """A CLI run failed the way users should see it: exit 2, one `error:` line, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    for text in expected:
+        assert text in err, err
+    return err

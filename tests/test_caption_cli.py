@@ -14,6 +14,7 @@ from PIL import Image
 from test_runtime import random_pairs, tiny_model_dir
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from rsicrc.cli.main import app
 
 runner = CliRunner()
@@ -39,15 +40,6 @@ def _invoke(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _assert_one_line_error(result, *expected: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    for text in expected:
-        assert text in err
-    return err
 
 
 def _assert_no_output(folder: Path) -> None:
@@ -60,7 +52,7 @@ def _run_both(images: dict[str, Path], model: Path, bad: Path, *expected: str, s
     so the first pair was already written to the temporary file when the bad one fails)."""
     good_b, good_a = images["before"], images["after"]
     pair = (bad, good_a) if side == "before" else (good_b, bad)
-    _assert_one_line_error(_invoke("caption", *pair, "--model", model, "--device", "cpu"), *expected)
+    assert_one_line_error(_invoke("caption", *pair, "--model", model, "--device", "cpu"), *expected)
     out_dir = images["dir"] / "out"
     out_dir.mkdir()
     csv_path = images["dir"] / "pairs.csv"
@@ -68,7 +60,7 @@ def _run_both(images: dict[str, Path], model: Path, bad: Path, *expected: str, s
                         f"{good_b},{good_a},good2\n")
     result = _invoke("caption", "--pairs", csv_path, "--out", out_dir / "caps.jsonl", "--model", model,
                      "--batch-size", "1", "--quiet", "--device", "cpu")
-    _assert_one_line_error(result, *expected)
+    assert_one_line_error(result, *expected)
     _assert_no_output(out_dir)
 
 
@@ -163,10 +155,10 @@ def test_unsupported_band_layout(model_dir: Path, images: dict[str, Path]) -> No
 
 
 def _run_model_error(images: dict[str, Path], model: Path, *expected: str) -> None:
-    _assert_one_line_error(_invoke("caption", images["before"], images["after"], "--model", model), *expected)
+    assert_one_line_error(_invoke("caption", images["before"], images["after"], "--model", model), *expected)
     out = images["dir"] / "caps.jsonl"
     result = _invoke("caption", "--pairs", images["dir"], "--out", out, "--model", model, "--quiet")
-    _assert_one_line_error(result, *expected)
+    assert_one_line_error(result, *expected)
     _assert_no_output(images["dir"])
 
 
@@ -196,14 +188,14 @@ def test_missing_manifest(model_dir: Path, images: dict[str, Path], tmp_path_fac
 
 def test_usage_errors_are_one_line(model_dir: Path, images: dict[str, Path]) -> None:
     b, a = images["before"], images["after"]
-    _assert_one_line_error(_invoke("caption", b, "--model", model_dir), "give BEFORE and AFTER")
-    _assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--model", model_dir), "--out")
-    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--beam", "0"), "beam_size")
-    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--device", "tpu"),
+    assert_one_line_error(_invoke("caption", b, "--model", model_dir), "give BEFORE and AFTER")
+    assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--model", model_dir), "--out")
+    assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--beam", "0"), "beam_size")
+    assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--device", "tpu"),
                            "auto, cpu, cuda")
-    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--bands", "1,2"), "--bands")
-    _assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--precision", "int4"),
+    assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--bands", "1,2"), "--bands")
+    assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, "--precision", "int4"),
                            "available precisions")
-    _assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--split", "test", "--out",
+    assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--split", "test", "--out",
                                    images["dir"] / "x.jsonl", "--model", model_dir), "--split")
     _assert_no_output(images["dir"])

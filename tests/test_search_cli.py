@@ -11,6 +11,7 @@ import pytest
 from test_runtime import tiny_model_dir
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from rsicrc.cli.main import app
 from rsicrc.runtime.index import INDEX_FILE
 from rsicrc.runtime.retriever import Retriever
@@ -46,14 +47,6 @@ def _invoke(*args: str | Path):
                                                          else []))
 
 
-def _assert_one_line_error(result, *expected: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    for text in expected:
-        assert text in err, err
 
 
 def test_search_equals_the_retriever(index_dir: Path, model_dir: Path) -> None:
@@ -109,47 +102,47 @@ def test_index_again_appends_nothing_then_more(tmp_path: Path, dataset: Path, mo
 
 
 def test_index_errors_are_one_line(tmp_path: Path, dataset: Path, model_dir: Path, index_dir: Path) -> None:
-    _assert_one_line_error(_invoke("index", tmp_path / "none", "--out", tmp_path / "i", "--model", model_dir),
+    assert_one_line_error(_invoke("index", tmp_path / "none", "--out", tmp_path / "i", "--model", model_dir),
                            "pairs source not found")
-    _assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", model_dir,
+    assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", model_dir,
                                    "--dtype", "int8"), "unknown dtype 'int8'", "float16, float32")
-    _assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", model_dir,
+    assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", model_dir,
                                    "--batch-size", "0"), "batch size must be an integer >= 1")
-    _assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", model_dir,
+    assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", model_dir,
                                    "--commit-every", "0"), "commit rows must be an integer >= 1")
-    _assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", tmp_path / "none"),
+    assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "i", "--model", tmp_path / "none"),
                            "no model at")
     (tmp_path / "file").write_text("x")
-    _assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "file", "--model", model_dir),
+    assert_one_line_error(_invoke("index", dataset, "--out", tmp_path / "file", "--model", model_dir),
                            "is a file")
     assert not (tmp_path / "i").exists()
 
 
 def test_search_errors_are_one_line(tmp_path: Path, index_dir: Path, model_dir: Path) -> None:
     base = ["--model", model_dir]
-    _assert_one_line_error(_invoke("search", QUERY, "--index", tmp_path / "missing", *base),
+    assert_one_line_error(_invoke("search", QUERY, "--index", tmp_path / "missing", *base),
                            "index folder not found", "rsicrc index")
     (tmp_path / "empty").mkdir()
-    _assert_one_line_error(_invoke("search", QUERY, "--index", tmp_path / "empty", *base),
+    assert_one_line_error(_invoke("search", QUERY, "--index", tmp_path / "empty", *base),
                            "is not a retrieval index")
     for bad in ("0", "-3"):
-        _assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--top-k", bad, *base),
+        assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--top-k", bad, *base),
                                "top-k must be an integer >= 1")
-    _assert_one_line_error(_invoke("search", "--index", index_dir, *base), "give either a QUERY or --queries")
+    assert_one_line_error(_invoke("search", "--index", index_dir, *base), "give either a QUERY or --queries")
     (tmp_path / "q.txt").write_text("\n \n")
-    _assert_one_line_error(_invoke("search", QUERY, "--queries", tmp_path / "q.txt", "--index", index_dir,
+    assert_one_line_error(_invoke("search", QUERY, "--queries", tmp_path / "q.txt", "--index", index_dir,
                                    *base), "not both")
-    _assert_one_line_error(_invoke("search", "--queries", tmp_path / "q.txt", "--index", index_dir, *base),
+    assert_one_line_error(_invoke("search", "--queries", tmp_path / "q.txt", "--index", index_dir, *base),
                            "holds no queries")
-    _assert_one_line_error(_invoke("search", "?!", "--index", index_dir, *base), "has no words")
-    _assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--backend", "annoy", *base),
+    assert_one_line_error(_invoke("search", "?!", "--index", index_dir, *base), "has no words")
+    assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--backend", "annoy", *base),
                            "unknown backend 'annoy'", "exact, faiss")
     damaged = Path(shutil.copytree(index_dir, tmp_path / "damaged"))
     npy = next(damaged.glob("shard-*.npy"))
     npy.write_bytes(npy.read_bytes()[:-8])
-    _assert_one_line_error(_invoke("search", QUERY, "--index", damaged, *base), str(npy), "damaged")
+    assert_one_line_error(_invoke("search", QUERY, "--index", damaged, *base), str(npy), "damaged")
     other = Path(shutil.copytree(index_dir, tmp_path / "other"))
     data = json.loads((other / INDEX_FILE).read_text())
     data["model"]["text_encoder"] = "e" * 64
     (other / INDEX_FILE).write_text(json.dumps(data))
-    _assert_one_line_error(_invoke("search", QUERY, "--index", other, *base), "another model", "eeeeeeeeeeee")
+    assert_one_line_error(_invoke("search", QUERY, "--index", other, *base), "another model", "eeeeeeeeeeee")
