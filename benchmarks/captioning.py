@@ -95,10 +95,25 @@ def random_checkpoint(config: str, folder: Path, seed: int = SEED) -> Path:
     return ckpt
 
 
+# The code that decides what the exported graphs compute: an edit here re-exports the cache.
+GRAPH_SOURCES = ("rsicrc/model", "export", "runtime/contract.py")
+
+
+def _graph_code_hash() -> str:
+    digest = hashlib.sha256()
+    for root in GRAPH_SOURCES:
+        path = REPO / root
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(REPO).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def exported(ckpt: Path, model: Path) -> Path:
-    """`model` (fp32 + int8 graphs) exported from `ckpt` unless a complete export is already there."""
+    """`model` (fp32 + int8 graphs) exported from `ckpt` unless a complete export of the same
+    checkpoint by the same graph code is already there."""
     stamp = model / ".bench-source.json"
-    source = {"ckpt": str(Path(ckpt).resolve()), "mtime": (Path(ckpt) / "model.safetensors").stat().st_mtime}
+    source = {"ckpt": str(Path(ckpt).resolve()), "mtime": (Path(ckpt) / "model.safetensors").stat().st_mtime,
+              "code": _graph_code_hash()}
     if stamp.is_file() and json.loads(stamp.read_text()) == source:
         return model
     _export(ckpt, model)
@@ -346,6 +361,7 @@ def profile_ort(model_dir: Path, precision: str, threads: int, tokens: int = 20,
     import numpy as np
     import onnxruntime as ort
 
+    from rsicrc.runtime.backend import session_options
     from rsicrc.runtime.captioner import OrtStepModel
     from rsicrc.runtime.contract import DECODER_STEP, IMAGE_ENCODER, cross_names
     from rsicrc.runtime.decoding import DecodingOptions, beam_search
@@ -356,9 +372,7 @@ def profile_ort(model_dir: Path, precision: str, threads: int, tokens: int = 20,
     with tempfile.TemporaryDirectory(prefix="rsicrc-profile-") as tmp:
         sessions = {}
         for graph in (IMAGE_ENCODER, DECODER_STEP):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = threads
+            options = session_options(ort, threads)
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(tmp) / graph)
             path = Path(model_dir) / manifest.graphs[precision][graph].file

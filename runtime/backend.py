@@ -3,8 +3,9 @@
 `OrtBackend` runs the exported graphs with ONNX Runtime: the CPU execution provider with
 every graph optimization, or the CUDA provider where onnxruntime-gpu can really use a GPU.
 Each graph gets one session, created on first use and checked against the manifest's graph
-contract before it runs anything. On CUDA the decoder step goes through `BoundDecoderStep`
-(IO binding), which keeps the self-attention caches on the device between steps.
+contract before it runs anything. The decoder step goes through `BoundDecoderStep` (IO
+binding), which keeps the self-attention caches in preallocated buffers (on the GPU under
+CUDA) instead of new host arrays every step.
 Torch-free.
 """
 
@@ -58,6 +59,19 @@ def import_onnxruntime() -> Any:
 def _io_signature(args: list[Any]) -> list[tuple[str, str, list[Any]]]:
     """(name, contract dtype, shape) of ORT NodeArgs; unknown types are kept verbatim."""
     return [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+
+
+def session_options(ort: Any, threads: int | None) -> Any:
+    """The runtime's ORT session options (benchmarks profile sessions made with these too)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = _QUIET
+    # Idle pool threads block instead of spinning: each session has its own pool, and the
+    # image encoder's pool spinning on after its run slowed the next ~10 decoder steps up to 2x.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
 
 
 class OrtBackend:
@@ -123,11 +137,7 @@ class OrtBackend:
         """A new session for `graph`, its IO checked against the manifest contract."""
         ort = self._ort
         path = self.graph_path(graph)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = _QUIET
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
+        options = session_options(ort, self.threads)
         providers = [CUDA_EP, CPU_EP] if self.device == "cuda" else [CPU_EP]
         try:
             # enable_fallback=0: ORT's own CPU fallback would print to stdout; we decide instead.
@@ -166,9 +176,9 @@ class BoundDecoderStep:
     Cross K/V are uploaded once. The self-attention caches are two fixed sets of device
     buffers used in turn (the step reads one set and writes the other, never aliasing input
     and output). `reorder` gathers on the host (one np.take per tensor) and writes back in
-    place, since ORT offers no device-side gather outside a graph. Logits are written into a
-    host buffer. With device_type "cpu" it runs on the CPU provider too (that is how it is
-    tested without a GPU).
+    place, since ORT offers no device-side gather outside a graph (on the CPU the gather
+    writes straight into the numpy arrays the OrtValues share). Logits are written into a
+    host buffer. The captioner uses it on every device.
     """
 
     def __init__(self, ort: Any, session: Any, manifest: Manifest, cross: Mapping[str, np.ndarray],
@@ -185,7 +195,11 @@ class BoundDecoderStep:
         self._past = [n for kv in past_names(dims) for n in kv]
         self._present = [n for kv in present_names(dims) for n in kv]
         # (A CPU OrtValue made from numpy keeps that array alive itself.)
-        self._sets = [[upload(np.zeros(shape, np.float32)) for _ in self._past] for _ in range(2)]
+        # On the CPU an OrtValue made from numpy shares that array: reorder works on it in place.
+        self._host = [[np.zeros(shape, np.float32) for _ in self._past] for _ in range(2)] \
+            if device_type == "cpu" else None
+        self._sets = [[upload(a) for a in host] for host in self._host] if self._host is not None \
+            else [[upload(np.zeros(shape, np.float32)) for _ in self._past] for _ in range(2)]
         self._current = 0  # index of the set holding the caches to read at the next step
         self._cross = {name: upload(array) for name, array in cross.items()}
         for name, value in self._cross.items():
@@ -213,5 +227,9 @@ class BoundDecoderStep:
 
     def reorder(self, source: np.ndarray) -> None:
         index = np.ascontiguousarray(source, dtype=np.int64)  # [R]
+        if self._host is not None:
+            for array in self._host[self._current]:  # [R, H, S, dh], shared with its OrtValue
+                array[...] = np.take(array, index, axis=0)
+            return
         for value in self._sets[self._current]:
             value.update_inplace(np.ascontiguousarray(np.take(value.numpy(), index, axis=0)))

@@ -5,8 +5,9 @@
 
 The image encoder runs once per batch of pairs and yields the visual embedding and the
 cross-attention K/V of every multimodal layer; the shared numpy beam search
-(`rsicrc.runtime.decoding`) then drives the decoder-step graph through `OrtStepModel`
-(host caches) or, on CUDA, `BoundDecoderStep` (IO binding, caches on the device).
+(`rsicrc.runtime.decoding`) then drives the decoder-step graph through the backend's bound
+step (`BoundDecoderStep`: IO binding, caches in fixed buffers on the CPU or the GPU).
+`OrtStepModel` is the plain seam over any `Backend.run` (host caches; int8 checks, profiles).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class CaptionResult:
 
 
 class OrtStepModel:
-    """The StepModel seam over the decoder-step graph, caches kept as host numpy arrays.
+    """The StepModel seam over any Backend's `run`, caches kept as new host arrays each step.
 
     Rows: B pairs x K beams. Cross K/V are tiled once here and never reordered; each step's
     present_* outputs become the next step's past_* inputs; `reorder` is one np.take per cache.
@@ -157,11 +158,11 @@ class Captioner:
         return replace(options, max_tokens=self.manifest.max_len - 1)
 
     def step_model(self, cross: Mapping[str, np.ndarray], beams: int) -> StepModel:
-        """IO binding on CUDA (caches stay on the GPU), host numpy caches elsewhere."""
-        if self.backend.device == "cuda":
-            tiled = {name: np.repeat(array, beams, axis=0) for name, array in cross.items()}
-            return self.backend.bound_decoder(tiled)
-        return OrtStepModel(self.backend, self.dims, cross, beams)
+        """The backend's bound decoder step: caches in preallocated buffers, on the GPU under
+        CUDA or TensorRT (on the CPU ~10% faster per step than `OrtStepModel` at batch 1, ~20%
+        for int8 at batch 16)."""
+        tiled = {name: np.repeat(array, beams, axis=0) for name, array in cross.items()}  # [R, H, N, dh]
+        return self.backend.bound_decoder(tiled)
 
     def _encode(self, before: np.ndarray, after: np.ndarray) -> dict[str, np.ndarray]:
         return self.backend.run(IMAGE_ENCODER, {BEFORE: np.ascontiguousarray(before, dtype=np.float32),

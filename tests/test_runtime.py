@@ -123,16 +123,20 @@ def test_batch_equals_one_by_one(captioner) -> None:
 
 
 def test_io_binding_step_equals_host_step(captioner) -> None:
-    """BoundDecoderStep (the CUDA path) run on the CPU provider gives the same search."""
+    """BoundDecoderStep (the captioner's step, caches in fixed buffers) gives the same search
+    as OrtStepModel (fresh host arrays every step), beam reordering included."""
+    from rsicrc.runtime.backend import BoundDecoderStep
+    from rsicrc.runtime.captioner import OrtStepModel
     from rsicrc.runtime.contract import cross_names
 
     before, after = random_pairs(2, seed=8)
     outputs = captioner._encode(captioner._preprocess(before), captioner._preprocess(after))
     cross = {n: outputs[n] for kv in cross_names(captioner.dims) for n in kv}
     options = captioner.options_for_model(DecodingOptions(beam_size=3))
-    host = beam_search(captioner.step_model(cross, 3), 2, options)
-    tiled = {n: np.repeat(a, 3, axis=0) for n, a in cross.items()}
-    bound = beam_search(captioner.backend.bound_decoder(tiled, device_type="cpu"), 2, options)
+    host = beam_search(OrtStepModel(captioner.backend, captioner.dims, cross, 3), 2, options)
+    step = captioner.step_model(cross, 3)
+    assert isinstance(step, BoundDecoderStep)
+    bound = beam_search(step, 2, options)
     assert [r.best.tokens for r in bound] == [r.best.tokens for r in host]
     assert [r.best.score for r in bound] == pytest.approx([r.best.score for r in host], abs=1e-5)
 
