@@ -54,11 +54,14 @@ def search_command(
                                         "answered in one batch (instead of QUERY).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print JSON: a list of hits {rank, score, id, "
                                   "before, after, metadata}; with --queries a list of {query, hits}."),
-    backend: str = typer.Option("exact", "--backend", help=f"{' or '.join(BACKENDS)}: exact matrix products "
-                                "over the stored rows, or a FAISS flat index (needs faiss-cpu)."),
+    backend: str = typer.Option("exact", "--backend", help=f"{', '.join(BACKENDS)}. exact: matrix products "
+                                "over the stored rows, nothing built at load (one-off searches); "
+                                "quantized: the same results from an int8 pre-scan built at load (~1 s per "
+                                "100,000 x 2048 rows; ~10x faster per query, for many queries); faiss: a "
+                                "FAISS flat index (needs faiss-cpu)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for the text encoder)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for the text encoder "
-                                       "(default: ONNX Runtime's choice).", show_default=False),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for the text encoder and the "
+                                       "search (default: all cores).", show_default=False),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the index files at "
                                    "load (sizes, shapes and line counts are still checked)."),
 ) -> None:

@@ -265,6 +265,16 @@ class StoredIndex:
         """(first row, stored [rows, C] array) of each shard, in row order."""
         yield from zip((int(s) for s in self._starts), self._vectors, strict=False)
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored embeddings [len(rows), C] (stored dtype) of global rows, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=self.header.dtype)
+        shard_of = np.searchsorted(self._starts, rows, side="right") - 1  # [r]
+        for s in np.unique(shard_of):
+            at = np.flatnonzero(shard_of == s)
+            out[at] = self._vectors[s][rows[at] - self._starts[s]]
+        return out
+
     def records(self, rows: Sequence[int]) -> list[Entry]:
         """The stored records of global rows, in the order given."""
         rows = [int(r) for r in rows]

@@ -12,13 +12,18 @@ warning), embedded by the text-encoder graph alone (the image encoder and decode
 and L2-normalised; a hit's score is the cosine similarity with the pair's visual embedding.
 
 Exact search (backend "exact"). The stored rows are multiplied with the float32 queries [q, C] in
-chunks of CHUNK_BYTES (one query) or BATCH_CHUNK_BYTES of float32 (float16 rows are cast chunk by
-chunk, exactly, by ONNX Runtime's vectorised Cast when it is installed; every product accumulates
-in float32 in numpy's BLAS), keeping a running top-k per query: the rows scoring above the k-th best
-so far (argpartition plus every row tied with the k-th while that is not known, or when too many
-are above it), merged with the best so far by (score descending, row ascending). The result equals
-sorting the brute force `stored.astype(float32) @ q` by (-score, row). Memory: the memory-mapped
-shards plus one chunk; 1,000,000 x 2048 float16 rows are 4 GB.
+chunks of CHUNK_BYTES of float32 (float16 rows are cast chunk by chunk, exactly, by ONNX Runtime's
+vectorised Cast when it is installed; every product accumulates in float32 in numpy's BLAS),
+keeping a running top-k per query: the rows scoring above the k-th best so far (argpartition plus
+every row tied with the k-th while that is not known, or when too many are above it), merged with
+the best so far by (score descending, row ascending). The result equals sorting the brute force
+`stored.astype(float32) @ q` by (-score, row). Memory: the memory-mapped shards plus one chunk;
+1,000,000 x 2048 float16 rows are 4 GB. Nothing is built at load: the backend for one-off searches.
+
+Quantized (backend "quantized", `rsicrc.runtime.scan`): the same results as exact search, from an
+int8 copy of the rows built at load (~1 s and ~1 byte per stored value per 100,000 x 2048 rows)
+that is scanned at close to memory speed, then exact rescoring of the rows it cannot rule out. For
+a process that answers many queries (100,000 x 2048: ~13 ms a query against ~130 ms exact).
 
 FAISS (backend "faiss", needs faiss-cpu: `pip install 'rsicrc[faiss]'`): an IndexFlatIP built at
 load from the stored rows as float32 (twice the memory of float16 storage, held in RAM). Its scores
@@ -40,7 +45,8 @@ import numpy as np
 
 from rsicrc.errors import ConfigError, DataError, DependencyError, IndexFolderError, ModelFolderError
 from rsicrc.levircc import ANNOTATION_FILE, LevirCC
-from rsicrc.runtime.backend import OrtBackend, import_onnxruntime
+from rsicrc.runtime import onnx_proto
+from rsicrc.runtime.backend import OrtBackend, import_onnxruntime, session_options
 from rsicrc.runtime.captioner import Captioner, resolve_model_dir
 from rsicrc.runtime.contract import TEXT_ENCODER
 from rsicrc.runtime.images import read_pair
@@ -59,17 +65,16 @@ from rsicrc.runtime.manifest import MANIFEST_FILE, Manifest, default_model_dir, 
 from rsicrc.runtime.pairs import list_pairs
 from rsicrc.vocab import tokenize
 
-BACKENDS: tuple[str, ...] = ("exact", "faiss")
+BACKENDS: tuple[str, ...] = ("exact", "quantized", "faiss")
 DEFAULT_TOP_K = 10
-# float32 bytes of stored rows per matrix product. One query: 1 MiB keeps OpenBLAS's [1, C] x [C, n]
-# product under its multithreading threshold (measured 2-5x faster on 2 cores, more on a busy machine);
-# several queries: larger products, where BLAS threads pay off.
-CHUNK_BYTES = 1 << 20
-BATCH_CHUNK_BYTES = 8 << 20
+# float32 bytes of stored rows per matrix product: 16 MiB lets BLAS use every core and keeps the
+# per-chunk overhead small (idle 2-core machine, 1M x 128 / 100k x 2048: 2-2.5x faster than 1 MiB).
+CHUNK_BYTES = 16 << 20
 SCORE_BYTES = 64 << 20  # bytes of one chunk's [q, rows] score matrix
 log = logging.getLogger(__name__)
 
 TopK = tuple[np.ndarray, np.ndarray, np.ndarray]  # flat (query, score, row), grouped by query
+TopRows = tuple[np.ndarray, np.ndarray]  # scores float32 [q, k], rows int64 [q, k], best first
 
 
 def check_top_k(top_k: Any) -> int:
@@ -120,59 +125,42 @@ def merge_top_k(a: TopK, b: TopK, k: int) -> TopK:
     return qi[keep], s[keep], r[keep]
 
 
-def _pb(field_number: int, value: int | str | bytes) -> bytes:
-    """One protobuf field: an int as a varint, a str or bytes length-delimited."""
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while n > 0x7F:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        return bytes(out + bytes([n]))
-
-    if isinstance(value, int):
-        return varint(field_number << 3) + varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return varint(field_number << 3 | 2) + varint(len(data)) + data
-
-
 def cast_model() -> bytes:
-    """A one-node ONNX model (ModelProto, IR 8, opset 17): y float32 [n, c] = Cast(x float16 [n, c]).
-    Encoded by hand so that the runtime needs no `onnx` package."""
-    def value(name: str, elem_type: int) -> bytes:  # ValueInfoProto: TypeProto.tensor_type, dims n, c
-        shape = _pb(2, _pb(1, _pb(2, "n")) + _pb(1, _pb(2, "c")))
-        return _pb(1, name) + _pb(2, _pb(1, _pb(1, elem_type) + shape))
-
-    to_float = _pb(1, "to") + _pb(3, 1) + _pb(20, 2)  # AttributeProto: to = FLOAT (1), type INT (2)
-    node = _pb(1, "x") + _pb(2, "y") + _pb(4, "Cast") + _pb(5, to_float)
-    graph = _pb(1, node) + _pb(2, "cast") + _pb(11, value("x", 10)) + _pb(12, value("y", 1))  # FLOAT16, FLOAT
-    return _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17))
+    """A one-node ONNX model: y float32 [n, c] = Cast(x float16 [n, c]) (no `onnx` package needed)."""
+    p = onnx_proto
+    node = p.node("Cast", ["x"], ["y"], [p.int_attribute("to", p.FLOAT)])
+    inputs, outputs = [p.value_info("x", p.FLOAT16, ["n", "c"])], [p.value_info("y", p.FLOAT, ["n", "c"])]
+    return p.model([node], inputs, outputs, {"": 17}, name="cast")
 
 
-@functools.lru_cache(maxsize=1)
-def float16_caster() -> Callable[[np.ndarray], np.ndarray]:
+@functools.lru_cache(maxsize=4)
+def float16_caster(threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """float16 [n, c] -> float32. ONNX Runtime's Cast kernel is vectorised (measured 4-5x faster than
-    numpy's cast here, which dominates a float16 search); without ONNX Runtime, numpy. Both are
-    exact, so search results do not depend on which one runs."""
+    numpy's cast here, which dominates a float16 search; 2 threads ~1.7x faster than 1); without ONNX
+    Runtime, numpy. Both are exact, so search results do not depend on which one runs."""
     try:
         ort = import_onnxruntime()
     except DependencyError:
         return lambda block: block.astype(np.float32)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # one caller thread; numpy's BLAS runs the products
-    options.log_severity_level = 3
+    options = session_options(ort, threads)
     session = ort.InferenceSession(cast_model(), sess_options=options, providers=["CPUExecutionProvider"])
     return lambda block: session.run(None, {"x": np.ascontiguousarray(block)})[0]
 
 
-def exact_search(index: StoredIndex, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+def caster(index: StoredIndex, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Stored rows -> float32, exactly (the one conversion every backend reads rows through)."""
+    return float16_caster(threads) if index.header.dtype == "float16" else np.asarray
+
+
+def exact_search(index: StoredIndex, queries: np.ndarray, top_k: int, threads: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by dot product (module docstring): scores float32 [q, k'] and rows int64 [q, k'],
     best first, ties by lower row; k' = min(top_k, len(index)). Queries: [q, C], used as given."""
     queries, k = check_queries(queries, index.dim), check_top_k(top_k)
     q = queries.shape[0]
     best: TopK = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    chunk = CHUNK_BYTES if q == 1 else BATCH_CHUNK_BYTES
-    step = max(16, min(chunk // (4 * index.dim), SCORE_BYTES // (4 * max(q, 1))))
-    cast = float16_caster() if index.header.dtype == "float16" else np.asarray
+    step = max(16, min(CHUNK_BYTES // (4 * index.dim), SCORE_BYTES // (4 * max(q, 1))))
+    cast = caster(index, threads)
     floor = None  # [q] the k-th best score so far, once every query has k
     for first, array in index.blocks():
         for a in range(0, array.shape[0], step):
@@ -275,7 +263,17 @@ class Retriever:
                                    f"{ours.describe()}; search with that model or index again with this one")
         self.encoder = QueryEncoder(path, manifest, stored.precision, device, threads, verify)
         self.backend = backend
-        self._faiss = FaissSearch(self.index) if backend == "faiss" else None
+        self._search = self._searcher(backend, threads)
+
+    def _searcher(self, backend: str, threads: int | None) -> Callable[[np.ndarray, int], TopRows]:
+        """The backend's search(queries [q, C], top_k) -> (scores, rows); built here, once."""
+        if backend == "faiss":
+            return FaissSearch(self.index).search
+        if backend == "quantized":
+            from rsicrc.runtime.scan import QuantizedScan
+
+            return QuantizedScan(self.index, caster(self.index, threads), threads).search
+        return functools.partial(exact_search, self.index, threads=threads)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -319,8 +317,7 @@ class Retriever:
     def search_vectors(self, vectors: np.ndarray, top_k: int = DEFAULT_TOP_K) -> list[list[Hit]]:
         """Search with query embeddings [q, C] (normalised here)."""
         queries = normalize_rows(check_queries(vectors, self.index.dim))
-        search = self._faiss.search if self._faiss is not None else self._exact
-        scores, rows = search(queries, top_k)
+        scores, rows = self._search(queries, check_top_k(top_k))
         records = self.index.records(rows.ravel().tolist())
         hits: list[list[Hit]] = []
         for q in range(rows.shape[0]):
@@ -328,9 +325,6 @@ class Retriever:
             hits.append([Hit(r + 1, float(scores[q, r]), e.id, e.before, e.after, dict(e.metadata))
                          for r, e in enumerate(row)])
         return hits
-
-    def _exact(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        return exact_search(self.index, queries, top_k)
 
 
 @dataclass(frozen=True)

@@ -301,8 +301,7 @@ def test_exact_search_equals_brute_force_across_chunks_shards_and_ties(
         assert len(index.header.shards) == 5
         stored = np.concatenate([a for _, a in index.blocks()]).astype(np.float32)
         queries = _unit(np.concatenate([vectors[[5, 7]], _vectors(3, 8, seed=2)])).astype(np.float32)
-        for name in ("CHUNK_BYTES", "BATCH_CHUNK_BYTES"):  # chunks of 40 rows
-            monkeypatch.setattr(f"rsicrc.runtime.retriever.{name}", 8 * 4 * 40)
+        monkeypatch.setattr("rsicrc.runtime.retriever.CHUNK_BYTES", 8 * 4 * 40)  # chunks of 40 rows
         for k in (1, 3, 5, 40, 300, 1000):
             scores, rows = exact_search(index, queries, k)
             want_scores, want_rows = _brute_force(queries, stored, k)
@@ -372,8 +371,19 @@ def test_faiss_backend_equals_exact(tmp_path: Path, levir_index: Path, model_dir
     assert [[h.id for h in q] for q in faiss] == [[h.id for h in q] for q in exact]
     np.testing.assert_allclose([[h.score for h in q] for q in faiss], [[h.score for h in q] for q in exact],
                                atol=1e-5)
-    with pytest.raises(ConfigError, match="exact, faiss"):
+    with pytest.raises(ConfigError, match="exact, quantized, faiss"):
         Retriever(levir_index, model_dir, device="cpu", backend="annoy")
+
+
+def test_quantized_backend_equals_exact(levir_index: Path, model_dir: Path) -> None:
+    """Through the Retriever (the model's real embeddings): the same hits, scores within 1e-6."""
+    exact = Retriever(levir_index, model_dir, device="cpu", threads=1).search(QUERIES, top_k=20)
+    quantized = Retriever(levir_index, model_dir, device="cpu", threads=1, backend="quantized")
+    for k in (1, 3, 20):
+        found = quantized.search(QUERIES, top_k=k)
+        assert [[h.id for h in q] for q in found] == [[h.id for h in q[:k]] for q in exact]
+        np.testing.assert_allclose([[h.score for h in q] for q in found],
+                                   [[h.score for h in q[:k]] for q in exact], rtol=0, atol=1e-6)
 
 
 def _copy(index: Path, tmp_path: Path) -> Path:

@@ -136,7 +136,7 @@ def test_search_errors_are_one_line(tmp_path: Path, index_dir: Path, model_dir: 
                            "holds no queries")
     assert_one_line_error(_invoke("search", "?!", "--index", index_dir, *base), "has no words")
     assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--backend", "annoy", *base),
-                           "unknown backend 'annoy'", "exact, faiss")
+                           "unknown backend 'annoy'", "exact, quantized, faiss")
     damaged = Path(shutil.copytree(index_dir, tmp_path / "damaged"))
     npy = next(damaged.glob("shard-*.npy"))
     npy.write_bytes(npy.read_bytes()[:-8])
