@@ -332,24 +332,48 @@ def run_contender(spec: BenchSpec) -> dict[str, Any]:
     return {"spec": asdict(spec), "meta": engine.meta, "records": records}
 
 
-def _record(spec: BenchSpec, batch: int, beam: int, runs: list[tuple[float, ...]]) -> dict[str, Any]:
+def _timings(runs: list[list[float]], batch: int, tokens: int) -> dict[str, Any]:
+    """Median/min/max and derived rates of repeats [(total, encoder, decoder, step calls) s]."""
     totals = [r[0] for r in runs]
     median = statistics.median(totals)
-    encoder = statistics.median(r[1] for r in runs)
     decoder = statistics.median(r[2] for r in runs)  # the whole search, numpy included
-    step = statistics.median(r[3] for r in runs) / spec.tokens  # the model's step call only
+    step = statistics.median(r[3] for r in runs) / tokens  # the model's step call only
+    return {
+        "repeats": len(runs), "median_ms": round(median * 1e3, 3), "min_ms": round(min(totals) * 1e3, 3),
+        "max_ms": round(max(totals) * 1e3, 3), "per_pair_ms": round(median * 1e3 / batch, 3),
+        "pairs_per_s": round(batch / median, 4),
+        "encoder_ms": round(statistics.median(r[1] for r in runs) * 1e3, 3),
+        "decoder_ms": round(decoder * 1e3, 3), "step_ms": round(step * 1e3, 3),
+        "decoder_tokens_per_s": round(batch * tokens / decoder, 2) if decoder > 0 else None,
+        "runs_s": [[round(x, 6) for x in r] for r in runs],
+    }
+
+
+def _record(spec: BenchSpec, batch: int, beam: int, runs: list[tuple[float, ...]]) -> dict[str, Any]:
     backend, precision = BACKEND[spec.contender]
     return {
         "name": f"{spec.config}/{spec.contender}/b{batch}/k{beam}", "config": spec.config,
         "contender": spec.contender, "label": LABELS[spec.contender], "backend": backend,
         "precision": precision, "batch": batch, "beam": beam, "tokens": spec.tokens,
-        "threads": spec.threads, "weights": spec.weights, "repeats": len(runs),
-        "median_ms": round(median * 1e3, 3), "min_ms": round(min(totals) * 1e3, 3),
-        "max_ms": round(max(totals) * 1e3, 3), "per_pair_ms": round(median * 1e3 / batch, 3),
-        "pairs_per_s": round(batch / median, 4), "encoder_ms": round(encoder * 1e3, 3),
-        "decoder_ms": round(decoder * 1e3, 3), "step_ms": round(step * 1e3, 3),
-        "decoder_tokens_per_s": round(batch * spec.tokens / decoder, 2) if decoder > 0 else None,
+        "threads": spec.threads, "weights": spec.weights, "rounds": 1,
+        **_timings([list(r) for r in runs], batch, spec.tokens),
     }
+
+
+def merge_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of one case from several rounds (contender processes run in turn, so that drift in
+    the machine's speed hits every contender alike) -> one record over all their repeats, in
+    first-seen order; peak RSS is the largest of the rounds'."""
+    cases: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        cases.setdefault(r["name"], []).append(r)
+    merged = []
+    for group in cases.values():
+        first = group[0]
+        runs = [run for r in group for run in r["runs_s"]]
+        merged.append({**first, **_timings(runs, first["batch"], first["tokens"]), "rounds": len(group),
+                       "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in group)})
+    return merged
 
 
 # --- ONNX Runtime's own profile: which operators the time goes to ------------------------------

@@ -11,7 +11,8 @@ Per size, building and searching each run in a fresh process (so each peak RSS i
   index was just written);
 - query_ms: median of 20 single-query searches (top-k, exact) incl. reading the hits' records;
   batch100_ms: one search of 100 queries; faiss_* likewise when --faiss (IndexFlatIP build time
-  and median single-query latency);
+  and median single-query latency); quantized_* likewise when --quantized (the int8 pre-scan's
+  build time at load, query latency, share of top-k ids equal to exact search);
 - self_top1: share of noisy copies of stored rows whose top hit is that row; brute_force_equal
   (N <= --check-max): exact search equals a float32 numpy brute force (rows and scores, bit for bit);
 - search_rss_mb: peak RSS of loading and searching (mapped index pages included), before the
@@ -43,6 +44,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20, help="single queries timed per size")
     p.add_argument("--faiss", action="store_true", help="also time the FAISS flat backend")
+    p.add_argument("--quantized", action="store_true", help="also time the quantized backend (int8 pre-scan)")
     p.add_argument("--check-max", type=int, default=100_000, help="brute-force check up to this size")
     p.add_argument("--out", type=Path, default=None, help="where to build (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the built indexes")
@@ -127,6 +129,8 @@ def _search(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         result["brute_force_equal"] = bool(np.array_equal(got, want) and np.array_equal(
             got_scores, np.take_along_axis(scores, want, 1)))
         del matrix, scores
+    if args.quantized:
+        result.update(_quantized(index, queries, rows, args))
     if args.faiss:
         from rsicrc.runtime.retriever import FaissSearch
 
@@ -143,6 +147,33 @@ def _search(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         result["faiss_equal_ids"] = float(np.mean(frows == rows))
         result["faiss_rss_mb"] = _peak_rss_mb()
     return result
+
+
+def _quantized(index: Any, queries: Any, exact_rows: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The quantized backend (int8 pre-scan + exact rescoring): build time, single-query median,
+    100 queries, share of top-k ids equal to exact search, RSS."""
+    import numpy as np
+
+    from rsicrc.runtime.retriever import caster
+    from rsicrc.runtime.scan import QuantizedScan
+
+    t = time.perf_counter()
+    scan = QuantizedScan(index, caster(index))
+    out: dict[str, Any] = {"quantized_build_s": time.perf_counter() - t}
+    scan.search(queries[:1], args.top_k)  # warmup
+    times = []
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        _, rows = scan.search(queries[i: i + 1], args.top_k)
+        index.records(rows[0].tolist())
+        times.append(time.perf_counter() - t)
+    out["quantized_query_ms"] = statistics.median(times) * 1000
+    t = time.perf_counter()
+    _, rows = scan.search(queries[:100], args.top_k)
+    out["quantized_batch100_ms"] = (time.perf_counter() - t) * 1000
+    out["quantized_equal_ids"] = float(np.mean(rows == exact_rows))
+    out["quantized_rss_mb"] = _peak_rss_mb()
+    return out
 
 
 def _child(stage: str, n: int, args: argparse.Namespace, root: Path, queue: Any) -> None:
@@ -170,6 +201,10 @@ def _row(r: dict[str, Any]) -> str:
              f"same-ids {r['faiss_equal_ids']:.3f} RSS {r['faiss_rss_mb']:.0f} MB"
              if "faiss_build_s" in r else "")
     check = f"  brute-force-equal {r['brute_force_equal']}" if "brute_force_equal" in r else ""
+    if "quantized_build_s" in r:
+        check += (f"  quantized build {r['quantized_build_s']:.2f}s query {r['quantized_query_ms']:.2f}ms "
+                  f"batch100 {r['quantized_batch100_ms']:.1f}ms same-ids {r['quantized_equal_ids']:.3f} "
+                  f"RSS {r['quantized_rss_mb']:.0f} MB")
     return (f"{r['n']:>9}  {r['dim']:>5} {r['dtype']}  index {r['index_mb']:8.1f} MB  "
             f"build {r['build_s']:7.2f}s (+gen {r['gen_s']:.2f}s)  load {r['load_s']:6.2f}s "
             f"({r['load_noverify_s']:.2f}s no-verify)  "

@@ -92,3 +92,40 @@ def test_subprocess_run_and_report(tiny_model: Path, int8_tiny: Path) -> None:
                            "retrieval": [], "quality": [], "targets": rows, "skipped": [], "errors": []})
     assert "tiny/ort-fp32" not in text and "(c) ONNX Runtime fp32" in text
     json.dumps(result)  # records are plain JSON
+
+
+def test_rounds_pool_their_repeats(tiny_model: Path, int8_tiny: Path) -> None:
+    """Two rounds of one case become one record over both rounds' repeats (medians of the pool)."""
+    from benchmarks.captioning import _record, merge_rounds
+
+    spec = _spec("ort-fp32", tiny_model, int8_tiny)
+    first = _record(spec, 1, 1, [(1.0, 0.4, 0.6, 0.5), (1.2, 0.5, 0.7, 0.6)])
+    second = {**_record(spec, 1, 1, [(0.8, 0.3, 0.5, 0.4)]), "peak_rss_mb": 50.0}
+    other = _record(spec, 2, 1, [(2.0, 1.0, 1.0, 0.9)])
+    merged = merge_rounds([{**first, "peak_rss_mb": 40.0}, other, second])
+    assert [r["name"] for r in merged] == [first["name"], other["name"]]
+    pooled = merged[0]
+    assert (pooled["repeats"], pooled["rounds"], pooled["peak_rss_mb"]) == (3, 2, 50.0)
+    assert (pooled["median_ms"], pooled["min_ms"], pooled["max_ms"]) == (1000.0, 800.0, 1200.0)
+    assert pooled["encoder_ms"] == 400.0 and pooled["step_ms"] == 500.0 / spec.tokens
+    assert merged[1]["rounds"] == 1 and merged[1]["median_ms"] == 2000.0
+
+
+def test_retrieval_rows_and_targets() -> None:
+    """A retrieval_scale result becomes whole-query times per backend and text encoder, the targets
+    name each path, and the report renders them."""
+    from benchmarks.run import _retrieval_row, targets, write_markdown
+
+    scale = {"n": 100_000, "dim": 2048, "dtype": "float16", "query_ms": 30.0, "build_s": 5.0, "load_s": 0.4,
+             "index_mb": 400.0, "search_rss_mb": 480.0, "quantized_query_ms": 9.0, "quantized_build_s": 2.0,
+             "quantized_equal_ids": 1.0, "quantized_rss_mb": 700.0}
+    row = _retrieval_row("paper", scale, {"fp32": {"median_ms": 15.0}, "int8": {"median_ms": 6.0}})
+    assert (row["query_ms"], row["quantized_query_ms"], row["quantized_int8_query_ms"]) == (45.0, 24.0, 15.0)
+    state = {"records": [], "analysis": [], "retrieval": [row]}
+    met = {t["target"]: t["met"] for t in targets(state) if t["target"].startswith("paper: text query")}
+    assert list(met.values()) == [False, False, True]
+    text = write_markdown({"mode": "full", "generated": "now", "wall_s": 1.0, "threads": 1, "tokens": 2,
+                           "machine": {}, "limits": {}, "load_average_end": [0, 0, 0], "artefacts": {},
+                           "records": [], "analysis": [], "retrieval": [row], "quality": [],
+                           "targets": targets(state), "skipped": [], "errors": []})
+    assert "| paper | 100000 | 2048 | 15.00 / 6.00 | 30.00 | 9.00 | 45.00 | 24.00 | 15.00 |" in text
