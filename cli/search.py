@@ -56,8 +56,8 @@ def search_command(
                                   "before, after, metadata}; with --queries a list of {query, hits}."),
     backend: str = typer.Option("exact", "--backend", help=f"{', '.join(BACKENDS)}. exact: matrix products "
                                 "over the stored rows, nothing built at load (one-off searches); "
-                                "quantized: the same results from an int8 pre-scan built at load (~1 s per "
-                                "100,000 x 2048 rows; ~10x faster per query, for many queries); faiss: a "
+                                "quantized: the same results from an int8 pre-scan built at load (~2.5 s per "
+                                "100,000 x 2048 rows; 4-7x faster per query, for many queries); faiss: a "
                                 "FAISS flat index (needs faiss-cpu)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for the text encoder)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for the text encoder and the "

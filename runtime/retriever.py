@@ -21,9 +21,9 @@ the best so far by (score descending, row ascending). The result equals sorting 
 1,000,000 x 2048 float16 rows are 4 GB. Nothing is built at load: the backend for one-off searches.
 
 Quantized (backend "quantized", `rsicrc.runtime.scan`): the same results as exact search, from an
-int8 copy of the rows built at load (~1 s and ~1 byte per stored value per 100,000 x 2048 rows)
+int8 copy of the rows built at load (~2.5 s and ~2 bytes per stored value for 100,000 x 2048 rows)
 that is scanned at close to memory speed, then exact rescoring of the rows it cannot rule out. For
-a process that answers many queries (100,000 x 2048: ~13 ms a query against ~130 ms exact).
+a process that answers many queries (100,000 x 2048: 13-19 ms a query against 75-130 ms exact).
 
 FAISS (backend "faiss", needs faiss-cpu: `pip install 'rsicrc[faiss]'`): an IndexFlatIP built at
 load from the stored rows as float32 (twice the memory of float16 storage, held in RAM). Its scores
