@@ -5,9 +5,10 @@
 
 Contenders (same weights, same preprocessed inputs, decoding forced to exactly `tokens` tokens
 with END ignored, so every contender does the same work):
-  reference  (a) the original research code's inference: PyTorch, the image encoder once, then
-             at every step the full-sequence decoder forward over the whole prefix, which
-             recomputes every self-attention and the cross-attention K/V from the memory;
+  reference  (a) the original research code's inference: PyTorch, the image encoder once (the
+             trunk and each T1 block once per image: `original_encoder`), then at every step
+             the full-sequence decoder forward over the whole prefix, which recomputes every
+             self-attention and the cross-attention K/V from the memory;
   torch-kv   (b) our PyTorch model: cross K/V once per pair, self-attention KV cache;
   ort-fp32   (c) the exported graphs in ONNX Runtime (CPU), fp32;
   ort-int8   (d) the same with the int8 graphs.
@@ -182,6 +183,29 @@ class RecomputeStepModel:
         self.prefix = self.prefix[self.torch.from_numpy(source.astype("int64"))]
 
 
+def original_encoder(encoder: Any, before: Any, after: Any) -> Any:
+    """The image encoder as the research code runs it (visual tokens [B, N, C]): the trunk once per
+    image and each T1 block once per image. rsicrc's ImageEncoder computes the same function with
+    the two images batched through those shared weights (eval mode); tests check the two agree."""
+    import torch
+
+    fa, fb = encoder.features(before), encoder.features(after)  # [B, C, g, g]
+    b, c, g = fa.shape[0], fa.shape[1], fa.shape[2]
+    pos = encoder.position_table()  # [hw, C]
+    a0 = fa.flatten(2).transpose(1, 2) + pos  # [B, hw, C]
+    b0 = fb.flatten(2).transpose(1, 2) + pos  # [B, hw, C]
+    a, bb = a0, b0
+    for t1, t2 in zip(encoder.t1, encoder.t2, strict=True):
+        a, bb = t1(a) + a, t1(bb) + bb  # [B, hw, C]
+        joint = t2(torch.cat([a, bb], dim=-1))  # [B, hw, 2C]
+        a, bb = joint[..., :c] + a0, joint[..., c:] + b0
+    ma = a.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
+    mb = bb.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
+    cos = torch.nn.functional.cosine_similarity(ma, mb, dim=1).unsqueeze(1)  # [B, 1, g, g]
+    fused = encoder.bottleneck(encoder.fuse(torch.cat([ma, mb], dim=1) + cos))  # [B, C, g, g]
+    return fused.flatten(2).transpose(1, 2)  # [B, hw, C]
+
+
 class Engine:
     """encode(before, after) -> state; step_model(state, beams) -> StepModel; tile(state, n)."""
 
@@ -231,7 +255,7 @@ class Engine:
             with torch.no_grad():
                 b, a = torch.from_numpy(before), torch.from_numpy(after)
                 if self.spec.contender == "reference":
-                    return self.model.encoder(b, a)[0]  # memory [B, N, C]
+                    return original_encoder(self.model.encoder, b, a)  # memory [B, N, C]
                 return self.model.encode_images(b, a)[2]  # cross K/V per multimodal layer
         from rsicrc.runtime.contract import IMAGE_ENCODER, cross_names
 

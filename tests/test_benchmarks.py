@@ -129,3 +129,22 @@ def test_retrieval_rows_and_targets() -> None:
                            "records": [], "analysis": [], "retrieval": [row], "quality": [],
                            "targets": targets(state), "skipped": [], "errors": []})
     assert "| paper | 100000 | 2048 | 15.00 / 6.00 | 30.00 | 9.00 | 45.00 | 24.00 | 15.00 |" in text
+
+
+def test_original_encoder_equals_the_batched_encoder() -> None:
+    """The reference contender's encoder (trunk and T1 once per image, as the research code runs
+    them) computes what rsicrc's batched ImageEncoder does, in eval mode."""
+    import torch
+
+    from benchmarks.captioning import original_encoder
+    from rsicrc.config import load_config
+    from rsicrc.model import RSICRC
+
+    torch.manual_seed(0)
+    model = RSICRC(load_config("tiny").model, 40).eval()
+    size = model.cfg.image_size
+    before, after = torch.randn(3, 3, size, size), torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        tokens, _ = model.encoder(before, after)
+        want = original_encoder(model.encoder, before, after)
+    torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5)
