@@ -35,7 +35,7 @@ PLAN = [("reference", [1, 4, 16], [1]), ("torch-kv", [1, 4, 16], [1, 3]),
 # turn and pools their repeats: on a shared VM the speed drifts by 10-20% within minutes, and
 # taking turns makes the drift hit every contender alike.
 HEADLINE = ("reference", "ort-fp32", "ort-int8")
-HEADLINE_ROUNDS = 2
+HEADLINE_ROUNDS = 3
 SKIPPED_CASES = ["reference loop (a): greedy only - the original research code has no beam search"]
 
 
@@ -53,6 +53,27 @@ def _python(module: str, args: list[str], timeout_s: float) -> tuple[Any, str | 
             return data, None if proc.returncode == 0 else f"{module}: exit {proc.returncode}"
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         return None, f"{module}: {tail or f'exit {proc.returncode}'}"
+
+
+LIMIT_KEYS = ("gemm_gflops", "read_gbs", "copy_gbs")
+
+
+def measure_limits(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any] | None:
+    """Measure the machine's limits (benchmarks.machine) and keep the best of every measurement
+    so far in state["limits"]: the VM's bandwidth dips for minutes at a time (16-32 GB/s across
+    runs here), and a floor computed from a dip would flatter every contender."""
+    _log("machine limits")
+    machine, err = _python("benchmarks.machine", ["--threads", str(args.threads)], 300)
+    if err:
+        state["errors"].append(f"machine: {err}")
+        return machine
+    new, old = machine["limits"], state["limits"]
+    if old is None:
+        state["limits"] = {**new, "measurements": [{k: new[k] for k in LIMIT_KEYS}]}
+    else:
+        old["measurements"].append({k: new[k] for k in LIMIT_KEYS})
+        old.update({k: max(m[k] for m in old["measurements"]) for k in LIMIT_KEYS})
+    return machine
 
 
 def _log(msg: str) -> None:
@@ -238,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=20)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--max-repeats", type=int, default=5)
-    p.add_argument("--case-budget-s", type=float, default=6.0)
+    p.add_argument("--case-budget-s", type=float, default=15.0)
     p.add_argument("--retrieval-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--paper-retrieval-sizes", type=int, nargs="*", default=[10_000, 100_000])
     p.add_argument("--quality-pairs", type=int, default=100,
@@ -254,11 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, Any] = {"records": [], "meta": {}, "errors": [], "skipped": [], "retrieval": [],
                              "quality": [], "artefacts": {}, "tiny_ckpt": tiny, "limits": None,
                              "profile": []}
-    _log("machine limits")
-    machine, err = _python("benchmarks.machine", ["--threads", str(args.threads)], 300)
-    if err:
-        state["errors"].append(f"machine: {err}")
-    state["limits"] = machine and machine["limits"]
+    machine = measure_limits(args, state)
     if args.quick:
         for _ in range(HEADLINE_ROUNDS):
             captioning("paper", args, list(HEADLINE), [1], [1], state)
@@ -282,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             state["profile"].append(prof)
         retrieval(args, state)
         quality(args, state)
+    measure_limits(args, state)  # again at the end: the limits are the better of the two
     state["records"] = merge_rounds(state["records"])
     state["analysis"] = analysis(state)
     result = {
@@ -329,9 +347,11 @@ def write_markdown(result: dict[str, Any]) -> str:
            f"threads {result['threads']} (torch and ONNX Runtime); load average at start "
            f"{m.get('load_average')}, at end {result['load_average_end']} (shared machine).",
            "Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()), "",
-           f"Limits measured in this run: fp32 GEMM {_fmt(lim.get('gemm_gflops'))} GFLOP/s "
-           f"(n = {lim.get('gemm_n')}), memory read {_fmt(lim.get('read_gbs'))} GB/s (GEMV), "
-           f"copy {_fmt(lim.get('copy_gbs'))} GB/s.", "", "## Targets", ""]
+           f"Limits measured in this run (the best of {len(lim.get('measurements', [])) or 1}: at the start"
+           f" and at the end): fp32 GEMM {_fmt(lim.get('gemm_gflops'))} GFLOP/s (n = {lim.get('gemm_n')}), "
+           f"memory read {_fmt(lim.get('read_gbs'))} GB/s (GEMV), copy {_fmt(lim.get('copy_gbs'))} GB/s; "
+           "each: " + "; ".join(f"{_fmt(m['gemm_gflops'])} GFLOP/s, {_fmt(m['read_gbs'])} GB/s"
+                               for m in lim.get("measurements", [])) + ".", "", "## Targets", ""]
     out += _table(["target", "measured", "goal", "met", "note"],
                   [[t["target"], t["value"], t["goal"], t["met"], t.get("note", "")]
                    for t in result["targets"]], 2)
