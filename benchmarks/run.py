@@ -36,6 +36,7 @@ PLAN = [("reference", [1, 4, 16], [1]), ("torch-kv", [1, 4, 16], [1, 3]),
 # taking turns makes the drift hit every contender alike.
 HEADLINE = ("reference", "ort-fp32", "ort-int8")
 HEADLINE_ROUNDS = 3
+QUICK_ROUNDS = 2  # bench-quick must stay within 3 minutes: three rounds took 154 s, two 68-78 s
 SKIPPED_CASES = ["reference loop (a): greedy only - the original research code has no beam search"]
 
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                              "profile": []}
     machine = measure_limits(args, state)
     if args.quick:
-        for _ in range(HEADLINE_ROUNDS):
+        for _ in range(QUICK_ROUNDS):
             captioning("paper", args, list(HEADLINE), [1], [1], state)
         state["skipped"].append("quick run: batch 4/16, beam 3, (b), the tiny model, retrieval and "
                                 "quality are left out (make bench runs them)")
