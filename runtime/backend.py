@@ -194,12 +194,11 @@ class BoundDecoderStep:
         self._io = session.io_binding()
         self._past = [n for kv in past_names(dims) for n in kv]
         self._present = [n for kv in present_names(dims) for n in kv]
-        # (A CPU OrtValue made from numpy keeps that array alive itself.)
-        # On the CPU an OrtValue made from numpy shares that array: reorder works on it in place.
-        self._host = [[np.zeros(shape, np.float32) for _ in self._past] for _ in range(2)] \
-            if device_type == "cpu" else None
-        self._sets = [[upload(a) for a in host] for host in self._host] if self._host is not None \
-            else [[upload(np.zeros(shape, np.float32)) for _ in self._past] for _ in range(2)]
+        host = [[np.zeros(shape, np.float32) for _ in self._past] for _ in range(2)]
+        # On the CPU an OrtValue made from numpy shares (and keeps alive) that array, so reorder
+        # gathers straight into it; on a GPU the upload is a copy and the host arrays go away.
+        self._host = host if device_type == "cpu" else None
+        self._sets = [[upload(a) for a in arrays] for arrays in host]
         self._current = 0  # index of the set holding the caches to read at the next step
         self._cross = {name: upload(array) for name, array in cross.items()}
         for name, value in self._cross.items():
