@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from rsicrc.runtime import onnx_proto
-from rsicrc.runtime.backend import import_onnxruntime
+from rsicrc.runtime.backend import import_onnxruntime, session_options
 from rsicrc.runtime.index import StoredIndex
 
 BLOCK = 128  # values per quantization block along C (measured fastest of 32/128 for 8 bits)
@@ -92,6 +92,7 @@ class QuantizedScan:
 
     def __init__(self, index: StoredIndex, cast: Callable[[np.ndarray], np.ndarray],
                  threads: int | None = None) -> None:
+        """`cast`: stored rows -> float32, exactly (retriever.caster)."""
         self.index, self.cast, self.dim = index, cast, index.dim
         blocks = -(-self.dim // BLOCK)
         group_rows = max(1, GROUP_BYTES // (blocks * BLOCK))
@@ -118,16 +119,11 @@ class QuantizedScan:
         for first, array in self.index.blocks():
             lo, hi = max(a, first), min(b, first + len(array))
             for start in range(lo, hi, ROWS_PER_PASS):
-                yield np.asarray(self.cast(array[start - first: min(hi, start + ROWS_PER_PASS) - first]),
-                                 dtype=np.float32)
+                yield self.cast(array[start - first: min(hi, start + ROWS_PER_PASS) - first])
 
     def _add_session(self, codes: np.ndarray, scales: np.ndarray, threads: int | None) -> None:
         ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        options = session_options(ort, threads)
         values = [ort.OrtValue.ortvalue_from_numpy(codes), ort.OrtValue.ortvalue_from_numpy(scales)]
         options.add_external_initializers(["codes", "scales"], values)
         self._sessions.append(ort.InferenceSession(scan_model(len(codes), self.dim), sess_options=options,
@@ -184,7 +180,7 @@ class QuantizedScan:
 
     def _rescore(self, query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best candidates by exact float32 score (computed as exact search computes it)."""
-        vectors = np.asarray(self.cast(self.index.vectors(candidates)), dtype=np.float32)  # [c, C]
+        vectors = self.cast(self.index.vectors(candidates))  # [c, C] float32
         exact = (query[None, :] @ vectors.T)[0]  # [c]
         order = np.lexsort((candidates, -exact))[:k]
         return exact[order], candidates[order]
