@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from rsicrc.config import ModelConfig
 from rsicrc.errors import ContractError, DependencyError, ExportError
+from rsicrc.export.fuse import fuse_parallel_matmuls
 from rsicrc.model import RSICRC
 from rsicrc.runtime.contract import (
     BATCH,
@@ -184,6 +185,18 @@ def export_graph(module: nn.Module, spec: GraphSpec, dims: Dims, path: Path, ops
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; report one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"{spec.name}: ONNX export failed: {first}") from e
+    fuse_file(path)
+
+
+def fuse_file(path: Path) -> int:
+    """Apply `fuse_parallel_matmuls` to a graph file in place; returns the groups fused."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    fused = fuse_parallel_matmuls(proto)
+    if fused:
+        onnx.save(proto, str(path))
+    return fused
 
 
 def _shape(value_info: Any) -> list[int | str | None]:

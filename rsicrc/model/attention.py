@@ -13,6 +13,14 @@ def split_heads(x: Tensor, heads: int) -> Tensor:
     return x.view(b, n, heads, d // heads).transpose(1, 2)
 
 
+def token_heads(x: Tensor, heads: int) -> Tensor:
+    """[B, 1, H*dh] -> [B, H, 1, dh] for one token: a pure reshape (same memory order as
+    split_heads), so the exported step has no Transpose for ONNX Runtime to push into the
+    full-size cache blend (it did, adding two cache-sized transposes per step)."""
+    b, _, d = x.shape
+    return x.view(b, heads, 1, d // heads)
+
+
 def merge_heads(x: Tensor) -> Tensor:
     """[B, H, L, dh] -> [B, L, H*dh]"""
     b, h, n, dh = x.shape
@@ -97,18 +105,19 @@ class DecoderAttention(nn.Module):
         x [B, 1, C]; onehot f32 [S] (1 at slot `step`); valid bool [S] (slots <= step);
         k_cache/v_cache [B, H, S, dh]. Returns output [B, 1, C] and the updated caches.
         """
-        k_new, v_new = self.keys_values(x)  # [B, H, 1, dh]
+        k_new = token_heads(self.k_proj(x), self.heads)  # [B, H, 1, dh]
+        v_new = token_heads(self.v_proj(x), self.heads)  # [B, H, 1, dh]
         w = onehot.view(1, 1, -1, 1)  # [1, 1, S, 1]
         k_cache = k_cache * (1.0 - w) + k_new * w  # [B, H, S, dh]
         v_cache = v_cache * (1.0 - w) + v_new * w  # [B, H, S, dh]
-        q = split_heads(self.q_proj(x), self.heads)  # [B, H, 1, dh]
+        q = token_heads(self.q_proj(x), self.heads)  # [B, H, 1, dh]
         out = attend(q, k_cache, v_cache, valid.view(1, 1, 1, -1))  # [B, H, 1, dh]
-        return self.out_proj(merge_heads(out)), k_cache, v_cache
+        return self.out_proj(out.reshape(x.shape)), k_cache, v_cache  # [B, 1, C]
 
     def step_cross(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """x [B, 1, C]; k/v [B, H, N, dh] precomputed -> [B, 1, C]."""
-        q = split_heads(self.q_proj(x), self.heads)  # [B, H, 1, dh]
-        return self.out_proj(merge_heads(attend(q, k, v)))  # [B, 1, C]
+        q = token_heads(self.q_proj(x), self.heads)  # [B, H, 1, dh]
+        return self.out_proj(attend(q, k, v).reshape(x.shape))  # [B, 1, C]
 
 
 class QueryPool(nn.Module):
