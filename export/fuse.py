@@ -54,6 +54,8 @@ def fuse_parallel_matmuls(proto: Any) -> int:
     from onnx import helper, numpy_helper
 
     graph = proto.graph
+    if any(a.type in (a.GRAPH, a.GRAPHS) for node in graph.node for a in node.attribute):
+        return 0  # control flow: its subgraphs may use the weights; our graphs have none
     arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     consumers = _consumers(graph)
     graph_outputs = {o.name for o in graph.output}

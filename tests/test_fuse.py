@@ -94,3 +94,16 @@ def test_exported_graphs_have_no_parallel_projections(tiny_model: Path) -> None:
             if node.op_type == "MatMul" and node.input[1] in weights:
                 sources[node.input[0]] = sources.get(node.input[0], 0) + 1
         assert all(count == 1 for count in sources.values()), (path.name, sources)
+
+
+def test_graphs_with_subgraphs_are_left_alone() -> None:
+    """An If's branches could use the weights the pass would drop: such graphs are not touched."""
+    model = _graph((True, True), (8, 8))
+    branch = helper.make_graph([helper.make_node("Identity", ["w0"], ["o"])], "branch", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, [K, 8])])
+    model.graph.node.append(helper.make_node("If", ["cond"], ["if_out"], then_branch=branch,
+                                             else_branch=branch))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    assert fuse_parallel_matmuls(copy) == 0
+    assert copy == model
