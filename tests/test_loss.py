@@ -64,7 +64,7 @@ def test_loss_with_small_temperature_is_finite_and_differentiable() -> None:
     loss = info_nce(visual, text, pos, neg, 0.01)
     loss.backward()
     assert math.isfinite(loss.item()) and visual.grad is not None and torch.isfinite(visual.grad).all()
-    assert math.isclose(float(loss), direct_loss(visual.detach(), text.detach(), pos, neg, 0.01),
+    assert math.isclose(loss.item(), direct_loss(visual.detach(), text.detach(), pos, neg, 0.01),
                         rel_tol=1e-4)
 
 
