@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Member:
     matmul: Any  # the MatMul NodeProto
     weight: np.ndarray  # [K, N_i]

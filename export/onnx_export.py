@@ -167,7 +167,8 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def export_graph(module: nn.Module, spec: GraphSpec, dims: Dims, path: Path, opset: int) -> None:
-    """Write one graph to `path` (single file, weights inside). Raises ExportError."""
+    """Write one graph to `path` (single file, weights inside), its parallel projections fused
+    (`rsicrc.export.fuse`). Raises ExportError."""
     check_opset(opset)
     try:
         import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail early and clearly
@@ -185,18 +186,11 @@ def export_graph(module: nn.Module, spec: GraphSpec, dims: Dims, path: Path, ops
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; report one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"{spec.name}: ONNX export failed: {first}") from e
-    fuse_file(path)
-
-
-def fuse_file(path: Path) -> int:
-    """Apply `fuse_parallel_matmuls` to a graph file in place; returns the groups fused."""
     import onnx
 
     proto = onnx.load(str(path))
-    fused = fuse_parallel_matmuls(proto)
-    if fused:
+    if fuse_parallel_matmuls(proto):  # q/k/v (and cross K/V) as one product each
         onnx.save(proto, str(path))
-    return fused
 
 
 def _shape(value_info: Any) -> list[int | str | None]:
