@@ -189,21 +189,14 @@ def original_encoder(encoder: Any, before: Any, after: Any) -> Any:
     the two images batched through those shared weights (eval mode); tests check the two agree."""
     import torch
 
-    fa, fb = encoder.features(before), encoder.features(after)  # [B, C, g, g]
-    b, c, g = fa.shape[0], fa.shape[1], fa.shape[2]
-    pos = encoder.position_table()  # [hw, C]
-    a0 = fa.flatten(2).transpose(1, 2) + pos  # [B, hw, C]
-    b0 = fb.flatten(2).transpose(1, 2) + pos  # [B, hw, C]
+    a0, b0 = encoder.positioned(encoder.features(before), encoder.features(after))  # [B, hw, C]
+    c = a0.shape[2]
     a, bb = a0, b0
     for t1, t2 in zip(encoder.t1, encoder.t2, strict=True):
         a, bb = t1(a) + a, t1(bb) + bb  # [B, hw, C]
         joint = t2(torch.cat([a, bb], dim=-1))  # [B, hw, 2C]
         a, bb = joint[..., :c] + a0, joint[..., c:] + b0
-    ma = a.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
-    mb = bb.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
-    cos = torch.nn.functional.cosine_similarity(ma, mb, dim=1).unsqueeze(1)  # [B, 1, g, g]
-    fused = encoder.bottleneck(encoder.fuse(torch.cat([ma, mb], dim=1) + cos))  # [B, C, g, g]
-    return fused.flatten(2).transpose(1, 2)  # [B, hw, C]
+    return encoder.merge(a, bb)  # [B, hw, C]
 
 
 class Engine:

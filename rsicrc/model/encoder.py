@@ -160,13 +160,25 @@ class ImageEncoder(nn.Module):
         both = self.features(torch.cat([before, after]))  # [2B, C, g, g]
         return both[: before.shape[0]], both[before.shape[0]:]
 
+    def positioned(self, fa: Tensor, fb: Tensor) -> tuple[Tensor, Tensor]:
+        """Trunk features [B, C, g, g] of both images -> tokens with positions [B, hw, C] each."""
+        pos = self.position_table()  # [hw, C]
+        return fa.flatten(2).transpose(1, 2) + pos, fb.flatten(2).transpose(1, 2) + pos
+
+    def merge(self, a: Tensor, bb: Tensor) -> Tensor:
+        """The transformer's outputs [B, hw, C] of both images -> fused visual tokens [B, hw, C]."""
+        b, _, c = a.shape
+        g = self.pos_col.shape[0]
+        ma = a.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
+        mb = bb.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
+        cos = F.cosine_similarity(ma, mb, dim=1).unsqueeze(1)  # [B, 1, g, g]
+        fused = self.bottleneck(self.fuse(torch.cat([ma, mb], dim=1) + cos))  # [B, C, g, g]
+        return fused.flatten(2).transpose(1, 2)  # [B, hw, C]
+
     def forward(self, before: Tensor, after: Tensor) -> tuple[Tensor, Tensor]:
         b = before.shape[0]
-        fa, fb = self.paired_features(before, after)  # [B, C, g, g] each
-        c, g = fa.shape[1], fa.shape[2]
-        pos = self.position_table()  # [hw, C]
-        a0 = fa.flatten(2).transpose(1, 2) + pos  # [B, hw, C]
-        b0 = fb.flatten(2).transpose(1, 2) + pos  # [B, hw, C]
+        a0, b0 = self.positioned(*self.paired_features(before, after))  # [B, hw, C] each
+        c = a0.shape[2]
         a, bb = a0, b0
         for t1, t2 in zip(self.t1, self.t2, strict=True):
             pair = torch.cat([a, bb])  # [2B, hw, C]: T1 (per token, shared) sees both images at once
@@ -175,9 +187,5 @@ class ImageEncoder(nn.Module):
             joint = t2(torch.cat([a, bb], dim=-1))  # [B, hw, 2C]
             a = joint[..., :c] + a0  # [B, hw, C]
             bb = joint[..., c:] + b0  # [B, hw, C]
-        ma = a.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
-        mb = bb.transpose(1, 2).reshape(b, c, g, g)  # [B, C, g, g]
-        cos = F.cosine_similarity(ma, mb, dim=1).unsqueeze(1)  # [B, 1, g, g]
-        fused = self.bottleneck(self.fuse(torch.cat([ma, mb], dim=1) + cos))  # [B, C, g, g]
-        tokens = fused.flatten(2).transpose(1, 2)  # [B, hw, C]
+        tokens = self.merge(a, bb)  # [B, hw, C]
         return tokens, self.pool(tokens)  # [B, hw, C], [B, C]
