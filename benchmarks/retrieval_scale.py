@@ -82,6 +82,22 @@ def _build(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "index_mb": sum(p.stat().st_size for p in folder.iterdir()) / 2**20}
 
 
+def _single_queries(search: Any, queries: Any, repeats: int, index: Any = None) -> tuple[float, Any]:
+    """Median ms of `repeats` one-query searches (`search(queries [1, C]) -> (scores, rows)`), the
+    hits' records read too when `index` is given; and each query's top row, int64 [repeats]."""
+    import numpy as np
+
+    times, firsts = [], []
+    for i in range(repeats):
+        t = time.perf_counter()
+        _, rows = search(queries[i: i + 1])
+        if index is not None:
+            index.records(rows[0].tolist())
+        times.append(time.perf_counter() - t)
+        firsts.append(int(rows[0, 0]))
+    return statistics.median(times) * 1000, np.array(firsts, dtype=np.int64)
+
+
 def _search(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Stage 2 (own process): load the index, time queries, check them."""
     import numpy as np
@@ -99,30 +115,22 @@ def _search(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     result["load_s"] = time.perf_counter() - t
 
     rng = np.random.default_rng(1)
-    stored = [a for _, a in index.blocks()]
     picks = np.sort(rng.choice(n, size=max(args.repeats, 100), replace=False))
-    starts = np.cumsum([0] + [len(a) for a in stored])
-    shard_of = np.searchsorted(starts, picks, side="right") - 1
-    base = np.stack([stored[s][p - starts[s]] for p, s in zip(picks, shard_of, strict=True)])
+    base = index.vectors(picks)  # [picks, C] stored rows
     queries = base.astype(np.float32) + 0.05 * rng.standard_normal(base.shape, dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
 
     exact_search(index, queries[:1], args.top_k)  # first touch of the mapped pages
-    times, top1 = [], []
-    for i in range(args.repeats):
-        t = time.perf_counter()
-        _, rows = exact_search(index, queries[i: i + 1], args.top_k)
-        index.records(rows[0].tolist())
-        times.append(time.perf_counter() - t)
-        top1.append(int(rows[0, 0]) == int(picks[i]))
-    result["query_ms"] = statistics.median(times) * 1000
+    result["query_ms"], firsts = _single_queries(lambda q: exact_search(index, q, args.top_k), queries,
+                                                 args.repeats, index)
+    top1 = firsts == picks[: args.repeats]
     t = time.perf_counter()
     _, rows = exact_search(index, queries[:100], args.top_k)
     result["batch100_ms"] = (time.perf_counter() - t) * 1000
     result["self_top1"] = float(np.mean(np.concatenate([top1, rows[:, 0] == picks[:100]])))
     result["search_rss_mb"] = _peak_rss_mb()
     if n <= args.check_max:
-        matrix = np.concatenate(stored).astype(np.float32)
+        matrix = np.concatenate([a for _, a in index.blocks()]).astype(np.float32)
         scores = queries[:5] @ matrix.T
         want = np.stack([np.lexsort((np.arange(n), -s))[: args.top_k] for s in scores])
         got_scores, got = exact_search(index, queries[:5], args.top_k)
@@ -137,12 +145,8 @@ def _search(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
         t = time.perf_counter()
         flat = FaissSearch(index)
         result["faiss_build_s"] = time.perf_counter() - t
-        times = []
-        for i in range(args.repeats):
-            t = time.perf_counter()
-            flat.search(queries[i: i + 1], args.top_k)
-            times.append(time.perf_counter() - t)
-        result["faiss_query_ms"] = statistics.median(times) * 1000
+        result["faiss_query_ms"], _ = _single_queries(lambda q: flat.search(q, args.top_k), queries,
+                                                      args.repeats)
         _, frows = flat.search(queries[:100], args.top_k)
         result["faiss_equal_ids"] = float(np.mean(frows == rows))
         result["faiss_rss_mb"] = _peak_rss_mb()
@@ -161,13 +165,8 @@ def _quantized(index: Any, queries: Any, exact_rows: Any, args: argparse.Namespa
     scan = QuantizedScan(index, caster(index))
     out: dict[str, Any] = {"quantized_build_s": time.perf_counter() - t}
     scan.search(queries[:1], args.top_k)  # warmup
-    times = []
-    for i in range(args.repeats):
-        t = time.perf_counter()
-        _, rows = scan.search(queries[i: i + 1], args.top_k)
-        index.records(rows[0].tolist())
-        times.append(time.perf_counter() - t)
-    out["quantized_query_ms"] = statistics.median(times) * 1000
+    out["quantized_query_ms"], _ = _single_queries(lambda q: scan.search(q, args.top_k), queries,
+                                                   args.repeats, index)
     t = time.perf_counter()
     _, rows = scan.search(queries[:100], args.top_k)
     out["quantized_batch100_ms"] = (time.perf_counter() - t) * 1000
