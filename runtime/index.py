@@ -265,31 +265,33 @@ class StoredIndex:
         """(first row, stored [rows, C] array) of each shard, in row order."""
         yield from zip((int(s) for s in self._starts), self._vectors, strict=False)
 
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The stored embeddings [len(rows), C] (stored dtype) of global rows, in the order given."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=self.header.dtype)
+    def _by_shard(self, rows: Sequence[int] | np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(shard, positions in `rows`, rows local to the shard) of global rows, shard by shard."""
+        rows = np.asarray(rows, dtype=np.int64)  # [r]
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.header.count):
+            raise DataError(f"row out of range 0..{self.header.count - 1}: {rows.tolist()}")
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1  # [r]
         for s in np.unique(shard_of):
-            at = np.flatnonzero(shard_of == s)
-            out[at] = self._vectors[s][rows[at] - self._starts[s]]
+            at = np.flatnonzero(shard_of == s)  # [r_s]
+            yield int(s), at, rows[at] - self._starts[s]
+
+    def vectors(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored embeddings [len(rows), C] (stored dtype) of global rows, in the order given."""
+        out = np.empty((len(rows), self.dim), dtype=self.header.dtype)
+        for s, at, local in self._by_shard(rows):
+            out[at] = self._vectors[s][local]
         return out
 
-    def records(self, rows: Sequence[int]) -> list[Entry]:
+    def records(self, rows: Sequence[int] | np.ndarray) -> list[Entry]:
         """The stored records of global rows, in the order given."""
-        rows = [int(r) for r in rows]
-        if any(r < 0 or r >= self.header.count for r in rows):
-            raise DataError(f"row out of range 0..{self.header.count - 1}: {rows}")
-        shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         out: list[Entry | None] = [None] * len(rows)
-        for s in sorted(set(shard_of.tolist())):
+        for s, at, local in self._by_shard(rows):
             path = self.folder / f"{self.header.shards[s].name}.jsonl"
             offsets = self._offsets[s]
             with open(path, "rb") as f:
-                for i in np.flatnonzero(shard_of == s):
-                    local = rows[i] - int(self._starts[s])
-                    f.seek(int(offsets[local]))
-                    out[i] = _parse_record(f.read(int(offsets[local + 1] - offsets[local])), path, local)
+                for i, row in zip(at.tolist(), local.tolist(), strict=True):
+                    f.seek(int(offsets[row]))
+                    out[i] = _parse_record(f.read(int(offsets[row + 1] - offsets[row])), path, row)
         return out  # type: ignore[return-value]  # every slot was filled above
 
     def ids(self) -> Iterator[str]:
