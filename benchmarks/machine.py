@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rsicrc.runtime.cpu import cpu_info
+
 GEMM_N = 2048  # square GEMM side: 17 GFLOP per product
 GEMV_BYTES = 256 << 20  # GEMV matrix size: far beyond the caches
 
@@ -74,17 +76,6 @@ def copy_bandwidth_gbs(nbytes: int = GEMV_BYTES, repeats: int = 5) -> float:
     return 2 * nbytes / seconds / 1e9
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's answer elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -113,7 +104,8 @@ def versions() -> dict[str, str]:
 
 
 def machine_info() -> dict[str, Any]:
-    """Who ran the benchmarks: CPU, cores, memory, OS, load now, library versions."""
+    """Who ran the benchmarks: CPU and its SIMD features (int8 kernels differ by them), cores, memory,
+    OS, load now, library versions."""
     mem_gb = 0.0
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -121,9 +113,10 @@ def machine_info() -> dict[str, Any]:
                 mem_gb = int(line.split()[1]) / 2**20
     except OSError:
         pass
-    return {"cpu": cpu_model(), "cores": cores(), "memory_gb": round(mem_gb, 1),
-            "os": platform.platform(), "load_average": [round(x, 2) for x in load_average()],
-            "versions": versions()}
+    cpu = cpu_info()
+    return {"cpu": cpu.model, "cpu_features": list(cpu.features), "cores": cores(),
+            "memory_gb": round(mem_gb, 1), "os": platform.platform(),
+            "load_average": [round(x, 2) for x in load_average()], "versions": versions()}
 
 
 def measure_limits(threads: int | None = None) -> dict[str, Any]:
