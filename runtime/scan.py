@@ -12,14 +12,22 @@ over float16 rows takes 75-130 ms). Its scores y = q.x^ bound the true scores s 
 e_x = |x - x^|_2 and |x^|_1 are measured per row at load. q^, the query as the kernel quantizes
 it, differs from q by at most half an int8 step per value (the kernel rounds to nearest; a test
 checks the bound on the kernel itself), and a step is at most max|q| / 127 whatever blocks or
-zero point the kernel uses. fp bounds float32 rounding in the
-kernel and in exact search's own products. Every row whose upper bound reaches the k-th best
-lower bound is rescored exactly (float32 products of the stored rows, as `exact_search` does),
-so the result is exact search's: the same rows, the same scores up to the last bit of a float32
-product (BLAS may round it differently for another matrix shape, so two rows whose scores differ
-by ~1e-7 may swap). On random unit vectors of width 2048 about 1-3% of the rows can reach the
-top k and the second round rescores few of them; where many scores crowd near the top, more
-(slower, never wrong).
+zero point the kernel uses. fp bounds float32 rounding in the kernel and in exact search's own
+products; it includes the zero-point form some kernel paths use (ONNX Runtime's AVX2 path without
+VNNI computes each block as s_x s_q sum(code * q_int) - s_x 128 s_q sum(q_int) in float32, two
+terms of up to s_x 255 |q^|_1 that cancel), so a row's largest block scale enters the bound too.
+An all-zero block gets scale 0, never an arbitrary one that such a form would multiply by 128.
+
+The derivation covers the kernel paths we know of. At load the bound is also checked against
+exact scores on a sample of rows and a few probe queries chosen to stress it (constant,
+alternating, one-hot, spiky, random, stored rows); should a kernel exceed it there, every margin
+is widened by twice the worst ratio seen (logged), so an unknown kernel path costs speed, never
+a missed row. Every row whose upper bound reaches the k-th best lower bound is rescored exactly
+(float32 products of the stored rows, as `exact_search` does), so the result is exact search's:
+the same rows, the same scores up to the last bit of a float32 product (BLAS may round it
+differently for another matrix shape, so two rows whose scores differ by ~1e-7 may swap). On
+random unit vectors of width 2048 about 1-3% of the rows can reach the top k and the second
+round rescores few of them; where many scores crowd near the top, more (slower, never wrong).
 
 Memory: about two bytes per stored value (the int8 codes and ONNX Runtime's packed copy of them)
 plus 8 bytes per row; building costs one pass over the index (~2.5 s per 100,000 x 2048 rows).
@@ -30,6 +38,7 @@ process that answers many queries, not for one `rsicrc search`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,7 +53,10 @@ GROUP_BYTES = 128 << 20  # codes per ONNX Runtime session (bounds the copies mad
 ROWS_PER_PASS = 1024  # rows quantized at once (temporaries stay in cache: 2x faster than 8192)
 FIRST_ROUND = 64  # rows rescored before the exact k-th score prunes the rest
 SCORE_ELEMENTS = 1 << 24  # float32 [queries, rows] bound matrices per pass (64 MB each)
+PROBE_ROWS = 4096  # rows whose exact scores check the bound at load
 _U = 2.0**-24  # float32 unit roundoff
+_ZP = 128  # the codes' zero point
+log = logging.getLogger(__name__)
 
 
 def scan_model(rows: int, dim: int) -> bytes:
@@ -63,8 +75,9 @@ def scan_model(rows: int, dim: int) -> bytes:
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """x float32 [r, C] -> codes uint8 [r, blocks, BLOCK] (zero point 128), scales float32
-    [r, blocks], and upper bounds of e = |x - x^|_2 and of |x^|_1, float32 [r]. C is zero-padded
-    to whole blocks. float32 throughout; the bounds absorb its rounding (relative 1e-5)."""
+    [r, blocks] (0 for an all-zero block), and upper bounds of e = |x - x^|_2 and of |x^|_1,
+    float32 [r]. C is zero-padded to whole blocks. float32 throughout; the bounds absorb its
+    rounding (relative 1e-5)."""
     r, dim = x.shape
     blocks = -(-dim // BLOCK)
     if dim == blocks * BLOCK:
@@ -72,9 +85,9 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     else:
         xb = np.zeros((r, blocks, BLOCK), np.float32)
         xb.reshape(r, -1)[:, :dim] = x
-    scales = np.abs(xb).max(axis=2) * np.float32(1 / 127)  # [r, blocks]
-    scales[scales == 0] = 1.0  # an all-zero block: codes 128, dequantized exactly
-    steps = xb * (np.float32(1) / scales)[..., None]  # [r, blocks, BLOCK]
+    scales = np.abs(xb).max(axis=2) * np.float32(1 / 127)  # [r, blocks]; 0 for an all-zero block
+    divisor = np.where(scales == 0, np.float32(1), scales)  # codes 128 there, dequantized exactly
+    steps = xb * (np.float32(1) / divisor)[..., None]  # [r, blocks, BLOCK]
     np.rint(steps, out=steps)
     np.clip(steps, -127, 127, out=steps)
     dequantized = steps * scales[..., None]  # x^ [r, blocks, BLOCK]
@@ -83,7 +96,7 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     np.abs(dequantized, out=dequantized)
     l1 = dequantized.sum(axis=(1, 2), dtype=np.float32)  # [r]
     norm = np.sqrt(np.einsum("rc,rc->r", x, x))  # [r] |x|_2: bounds x^'s own float32 rounding
-    codes = (steps + 128).astype(np.uint8)
+    codes = (steps + _ZP).astype(np.uint8)
     return codes, scales, e * np.float32(1 + 1e-5) + norm * np.float32(1e-6), l1 * np.float32(1 + 1e-5)
 
 
@@ -98,7 +111,7 @@ class QuantizedScan:
         group_rows = max(1, GROUP_BYTES // (blocks * BLOCK))
         self._sessions: list[Any] = []
         self._buffers: list[Any] = []  # the initializers' OrtValues: ORT reads them, we keep them alive
-        errors, l1s = [], []
+        errors, l1s, peaks = [], [], []
         for first in range(0, len(index), group_rows):
             codes, scales = [], []
             for part in self._pieces(first, min(first + group_rows, len(index))):
@@ -107,12 +120,19 @@ class QuantizedScan:
                 scales.append(s.ravel())
                 errors.append(e)
                 l1s.append(l1)
+                peaks.append(s.max(axis=1))
             self._add_session(np.concatenate(codes), np.concatenate(scales), threads)
-        self.errors = np.concatenate(errors) if errors else np.zeros(0, np.float32)  # [n] >= e_x
-        self.l1 = np.concatenate(l1s) if l1s else np.zeros(0, np.float32)  # [n] >= |x^|_1
+        empty = np.zeros(0, np.float32)
+        self.errors = np.concatenate(errors) if errors else empty  # [n] >= e_x
+        self.l1 = np.concatenate(l1s) if l1s else empty  # [n] >= |x^|_1
+        self.peak_scale = np.concatenate(peaks) if peaks else empty  # [n] the row's largest block scale
         # float32 rounding in the kernel's block sums, in exact search's C products and in the
-        # bound arithmetic here: at most (C + blocks + 8) u (1 + |q|_2 + |x^|_1 max|q|), doubled.
+        # bound arithmetic here: at most (C + blocks + 8) u (1 + |q|_2 + |x^|_1 max|q|), doubled;
+        # the zero-point form: (blocks + 8) u times its terms, (255 + 128) s_x |q^|_1, doubled.
         self._fp = np.float32((self.dim + blocks + 8) * _U * 2.0)
+        self._fp_zero_point = np.float32((blocks + 8) * _U * 2.0 * (255 + _ZP))
+        self.widened = 1.0  # margins' factor set by the load-time check (1: the bound held)
+        self.probe_ratio = self._check_bound()  # worst |error| / margin seen at load
 
     def _pieces(self, a: int, b: int) -> Iterator[np.ndarray]:
         """float32 [<= ROWS_PER_PASS, C] pieces of global rows a..b-1, in order."""
@@ -140,7 +160,37 @@ class QuantizedScan:
         norm = np.float32(np.linalg.norm(query))
         peak = np.float32(np.abs(query).max())
         per_l1 = peak * (np.float32(1.001 / 254.0) + self._fp)
-        return self.errors * norm + self.l1 * per_l1 + self._fp * (1 + norm)
+        q_hat_l1 = np.float32(np.abs(query).sum()) + peak * np.float32(self.dim / 254.0)  # >= |q^|_1
+        margin = (self.errors * norm + self.l1 * per_l1 + self._fp * (1 + norm)
+                  + self.peak_scale * (self._fp_zero_point * q_hat_l1))
+        return margin * np.float32(self.widened) if self.widened != 1.0 else margin
+
+    def _check_bound(self) -> float:
+        """Check the margins against exact scores on up to PROBE_ROWS rows and a few probe queries
+        that stress them; widen every margin if the kernel exceeds them (module docstring)."""
+        n = len(self.index)
+        if n == 0:
+            return 0.0
+        rows = np.unique(np.linspace(0, n - 1, min(n, PROBE_ROWS)).astype(np.int64))  # [p]
+        vectors = self.cast(self.index.vectors(rows))  # [p, C] float32
+        rng = np.random.default_rng(0)
+        spike = np.full(self.dim, 0.01, np.float32)
+        spike[self.dim // 2] = 1.0
+        alternating = np.where(np.arange(self.dim) % 2, 1, -1)
+        probes = np.stack([np.ones(self.dim), alternating, np.eye(self.dim)[self.dim - 1], spike,
+                           *rng.standard_normal((2, self.dim)), *vectors[[0, len(rows) // 2]]])
+        probes = probes.astype(np.float32)  # [8, C]
+        probes /= np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), np.float32(1e-30))
+        approx = self.approximate(probes)[:, rows]  # [8, p]
+        exact = probes @ vectors.T  # [8, p]
+        ratio = max(float((np.abs(exact[i] - approx[i]) / self.margins(q)[rows]).max())
+                    for i, q in enumerate(probes))
+        if ratio > 1.0:
+            self.widened = 2.0 * ratio
+            log.warning("the int8 scan kernel of this CPU exceeded its error bound by %.2fx on probe "
+                        "queries; margins widened %.1fx (search stays exact, rescoring does more work)",
+                        ratio, self.widened)
+        return ratio
 
     def search(self, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k by dot product: scores float32 [q, k'] and rows int64 [q, k'], best first,

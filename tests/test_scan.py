@@ -27,13 +27,15 @@ def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def _queries(index: StoredIndex, dim: int, seed: int) -> np.ndarray:
-    """Random, near-copy, exact-copy and spiky queries (one-hot, one large value), unit length."""
+    """Random, near-copy, exact-copy, spiky (one-hot, one large value), constant and alternating
+    queries, unit length. Constant queries quantize to one int8 value everywhere: the case in which
+    a kernel's zero-point arithmetic loses most (ONNX Runtime's AVX2 path without VNNI)."""
     rng = np.random.default_rng(seed)
     stored = np.asarray(caster(index)(index.vectors(np.array([3, 50, 901]))), np.float32)
     spike = np.full(dim, 0.01)
     spike[dim // 2] = 1.0
     queries = [rng.standard_normal(dim), stored[1] + 0.2 * rng.standard_normal(dim) / np.sqrt(dim),
-               stored[0], np.eye(dim)[dim - 1], spike]
+               stored[0], np.eye(dim)[dim - 1], spike, np.ones(dim), np.where(np.arange(dim) % 2, 1.0, -1.0)]
     return _unit(np.stack(queries)).astype(np.float32)
 
 
@@ -78,12 +80,14 @@ def test_quantized_search_equals_exact_search(tmp_path: Path, monkeypatch: pytes
 
 def test_margins_bound_the_kernel(tmp_path: Path) -> None:
     """|exact float32 score - the kernel's score| <= margin for every row and query, including
-    queries whose int8 quantization is coarse (one-hot, one spike, constant)."""
+    queries whose int8 quantization is coarse (one-hot, one spike, constant) and an all-zero row,
+    with the derived margins alone (the load-time check found nothing to widen on this CPU)."""
     dim = 384
     vectors = np.concatenate([_vectors(500, dim, seed=8), _clustered(1000, dim, seed=9)])
     _write(tmp_path / "idx", vectors, "float16", commit_rows=500)
     index = open_index(tmp_path / "idx")
     scan = QuantizedScan(index, caster(index), threads=1)
+    assert scan.widened == 1.0 and 0 < scan.probe_ratio <= 1.0
     stored = np.asarray(caster(index)(np.concatenate([a for _, a in index.blocks()])), np.float32)
     queries = np.concatenate([_queries(index, dim, seed=10), _unit(np.ones((1, dim))).astype(np.float32),
                               _unit(_vectors(20, dim, seed=11)).astype(np.float32)])
@@ -95,6 +99,35 @@ def test_margins_bound_the_kernel(tmp_path: Path) -> None:
         assert margin.mean() < 0.1  # and not vacuous: scores lie in [-1, 1]
 
 
+def test_a_kernel_beyond_the_bound_widens_the_margins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Should a kernel path exceed the derived bound (none known does: simulated here by adding
+    errors to the real kernel's scores), the load-time check widens every margin enough, and
+    search stays exact."""
+    dim = 256
+    _write(tmp_path / "idx", _clustered(1000, dim, seed=13), "float32", commit_rows=1000)
+    index = open_index(tmp_path / "idx")
+    plain = QuantizedScan(index, caster(index), threads=1)
+    real = QuantizedScan.approximate
+    noise = np.random.default_rng(14).uniform(-1, 1, len(index)).astype(np.float32)
+
+    def off_by_three_margins(self: QuantizedScan, queries: np.ndarray) -> np.ndarray:
+        y = real(self, queries)
+        return y + 3 * noise[None, :] * np.stack([plain.margins(q) for q in queries])
+
+    monkeypatch.setattr(QuantizedScan, "approximate", off_by_three_margins)
+    with caplog.at_level("WARNING"):
+        scan = QuantizedScan(index, caster(index), threads=1)
+    assert scan.probe_ratio > 2.0 and scan.widened == 2.0 * scan.probe_ratio
+    assert "margins widened" in caplog.text
+    queries = _queries(index, dim, seed=15)
+    stored = np.asarray(caster(index)(np.concatenate([a for _, a in index.blocks()])), np.float64)
+    for k in (1, 10, 100):
+        got, want = scan.search(queries, k), exact_search(index, queries, k)
+        for q, got_scores, got_rows, want_scores, want_rows in zip(queries, *got, *want, strict=True):
+            _check_same_top_k(q @ stored.T, (got_scores, got_rows), (want_scores, want_rows))
+
+
 def test_quantize_rows_bounds_and_codes() -> None:
     x = np.concatenate([_vectors(50, 200, seed=12), np.zeros((1, 200), np.float32)])
     codes, scales, e, l1 = quantize_rows(x)
@@ -104,6 +137,7 @@ def test_quantize_rows_bounds_and_codes() -> None:
     assert (np.linalg.norm(x - dequantized, axis=1) <= e).all()
     assert (np.abs(dequantized).sum(axis=1) <= l1).all()
     assert e[-1] == 0 and np.abs(codes.astype(int) - 128).max() == 127
+    assert (scales[-1] == 0).all()  # an all-zero row: scale 0, so no kernel multiplies codes 128 by 1
 
 
 def test_scan_model_is_valid_onnx() -> None:
