@@ -3,27 +3,33 @@
     quantize_model(model_dir, calibration)  -> *_int8.onnx + graphs["int8"] + manifest.int8
     choose_default(model_dir, data_dir)     -> default_precision "int8" only within 2 % of fp32
 
-- text_encoder, decoder_step: dynamic quantization of MatMul only (int8 weights per tensor, the
-  activations quantized at run time: DynamicQuantizeLinear -> MatMulInteger). Only MatMuls with a
-  constant weight are touched; attention scores stay fp32. The fp32 graphs arrive with attention's
-  q/k/v weights fused (`rsicrc.export.fuse`), so one scale covers the three and the activation is
-  quantized once; demo-model quality was unchanged by the fusion (CIDEr 1.70 vs 1.69 before).
+- text_encoder, decoder_step: dynamic quantization of MatMul only (uint8 weights per tensor, the
+  activations quantized to uint8 at run time: DynamicQuantizeLinear -> MatMulInteger, U8U8). Only
+  MatMuls with a constant weight are touched; attention scores stay fp32. The fp32 graphs arrive
+  with attention's q/k/v weights fused (`rsicrc.export.fuse`), so one scale covers the three and
+  the activation is quantized once; demo-model quality was unchanged by the fusion.
 - image_encoder: its CNN trunk by static QDQ: BatchNorm is folded into the convolutions first
-  (quant_pre_process), then every Conv gets int8 per-channel weights and uint8 activations whose
-  ranges are calibrated (MinMax) on preprocessed real pairs of a dataset's train split.
-  Convolutions are never quantized dynamically (ConvInteger is 3-4x slower than fp32 here). Its
-  bi-temporal transformer is a transformer part like the others: dynamic MatMul on top of the QDQ
-  graph (IMAGE_MATMUL; the alternatives in IMAGE_MATMUL_MODES were measured, see below).
+  (quant_pre_process), then every Conv gets per-channel int8 weights in the reduced range -64..64
+  and uint8 activations whose ranges are calibrated (MinMax) on preprocessed real pairs of a
+  dataset's train split. Convolutions are never quantized dynamically (ConvInteger is 3-4x slower
+  than fp32 here). Its bi-temporal transformer is a transformer part like the others: dynamic
+  U8U8 MatMul on top of the QDQ graph (IMAGE_MATMUL; the alternatives in IMAGE_MATMUL_MODES).
 
-Measured on the 2-core machine (busy, so ratios matter more than times):
-- paper-size decoder step, random weights, 1 row: fp32 58 ms, QInt8 weights 22 ms, QUInt8 23-28 ms,
-  same logit error: QInt8 (u8 x s8, VNNI) is used, per tensor (per channel was no more accurate).
-- paper-size image encoder, 1 pair: fp32 1067 ms; Conv QDQ + MatMul fp32 856 ms; Conv QDQ +
-  MatMul static QDQ 506 ms; Conv QDQ + MatMul dynamic 510 ms. Demo model (400 test pairs): visual
-  embedding cosine to fp32 min 0.9963 (dynamic) vs 0.9953 (static), captions equal to fp32 87.5 %
-  vs 86.5 %: dynamic is as fast as static and closer to fp32, and needs no activation ranges.
+Why these formats (issue: int8 on AVX2-only CPUs). ONNX Runtime's u8 x s8 kernels on x86-64
+without VNNI (AVX2, AVX-512 before Cascade Lake / Zen 4) add pairs of products in int16 with
+saturation (vpmaddubsw): 2 x 255 x 127 overflows it. With full-range int8 weights a tiny demo
+model's int8 image embedding fell to cosine 0.92 of fp32 and no greedy caption survived on such a
+CPU, while the VNNI machine that exported it measured the graphs close to fp32. Both choices here
+make saturation impossible on every x86-64 and give bit-identical outputs on both kinds (checked
+under an emulated AVX2-only EPYC): weights of -64..64 (2 x 255 x 64 fits int16) keep the u8 x s8
+kernels that VNNI runs fastest for the compute-bound convolutions; the memory-bound MatMuls keep
+8-bit weights as uint8 (U8U8 has no pair-saturating path), which is as fast per decoder step.
+Measured on the VNNI machine, paper config, random weights (encoder / decoder step, batch 1):
+full-range u8s8 165 ms / 7.6 ms, this format 138 ms / 6.6 ms, everything U8U8 278 ms / 5.9 ms
+(busy machine, one interleaved run; the README's benchmark figures are the reference).
 - the demo-size model (width-16 trunk, d_model 128, 128 px) gains nothing: its graphs are so small
   that the quantize/dequantize work costs what the int8 arithmetic saves.
+The int8 check records the CPU (model, SIMD features) it ran on: `manifest.int8.check.cpu`.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from rsicrc.runtime.contract import (
     past_names,
     present_names,
 )
+from rsicrc.runtime.cpu import cpu_info
 from rsicrc.runtime.decoding import DecodingOptions, beam_search
 from rsicrc.runtime.evaluate import evaluate_model_folder
 from rsicrc.runtime.images import read_pair
@@ -209,8 +216,9 @@ def quantize_transformer(src: Path, dst: Path, work: Path) -> None:
     pre = work / f"pre_{src.name}"
     _pre_process(src, pre)
     with _quiet():
-        q.quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul"], weight_type=q.QuantType.QInt8,
-                           per_channel=False, extra_options={"MatMulConstBOnly": True})
+        q.quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul"],
+                           weight_type=q.QuantType.QUInt8, per_channel=False,
+                           extra_options={"MatMulConstBOnly": True})
 
 
 def quantize_image_encoder(src: Path, dst: Path, work: Path, before: np.ndarray, after: np.ndarray,
@@ -226,12 +234,13 @@ def quantize_image_encoder(src: Path, dst: Path, work: Path, before: np.ndarray,
     static = work / f"static_{src.name}" if image_matmul == "dynamic" else dst
     with _quiet():
         q.quantize_static(str(pre), str(static), _Reader(before, after), quant_format=q.QuantFormat.QDQ,
-                          op_types_to_quantize=ops, per_channel=True, activation_type=q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax,
+                          op_types_to_quantize=ops, per_channel=True, reduce_range=True,
+                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                          calibrate_method=q.CalibrationMethod.MinMax,
                           extra_options={"MatMulConstBOnly": True})
         if image_matmul == "dynamic":
             q.quantize_dynamic(str(static), str(dst), op_types_to_quantize=["MatMul"],
-                               weight_type=q.QuantType.QInt8, extra_options={"MatMulConstBOnly": True})
+                               weight_type=q.QuantType.QUInt8, extra_options={"MatMulConstBOnly": True})
 
 
 # --- checks against fp32 ------------------------------------------------------------------------
@@ -286,16 +295,17 @@ def check_int8(fp32: OrtBackend, int8: OrtBackend, manifest: Manifest, inputs: V
     captions = [_greedy(backend, manifest, images) for backend in (fp32, int8)]
     same = [a == b for a, b in zip(*captions, strict=True)]
     return {"source": inputs.source, "pairs": rows, "caption_agreement": float(np.mean(same)),
-            "max_abs_diff": {g: diffs[g][0] for g in GRAPHS}, "ref_max_abs": {g: diffs[g][1] for g in GRAPHS}}
+            "max_abs_diff": {g: diffs[g][0] for g in GRAPHS}, "ref_max_abs": {g: diffs[g][1] for g in GRAPHS},
+            "cpu": cpu_info().to_dict()}
 
 
 def _methods(image_matmul: str) -> dict[str, str]:
-    transformer = ("dynamic: constant-weight MatMul only, int8 weights per tensor, "
-                   "uint8 activations at run time")
+    transformer = ("dynamic: constant-weight MatMul only, uint8 weights per tensor, "
+                   "uint8 activations at run time (U8U8)")
     matmul = {"fp32": "MatMul fp32", "static": "constant-weight MatMul in the same QDQ calibration",
-              "dynamic": "constant-weight MatMul dynamic int8"}[image_matmul]
-    return {IMAGE_ENCODER: "static QDQ: Conv (BatchNorm folded) with per-channel int8 weights and MinMax-"
-                           f"calibrated uint8 activations; {matmul}",
+              "dynamic": "constant-weight MatMul dynamic U8U8"}[image_matmul]
+    return {IMAGE_ENCODER: "static QDQ: Conv (BatchNorm folded) with per-channel int8 weights in -64..64 "
+                           f"(reduce_range) and MinMax-calibrated uint8 activations; {matmul}",
             TEXT_ENCODER: transformer, DECODER_STEP: transformer}
 
 

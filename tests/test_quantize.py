@@ -56,6 +56,8 @@ def test_int8_graphs_written_and_recorded(int8_model, tiny_model: Path) -> None:
     record = manifest.int8
     assert record["calibration"]["pairs"] == 12 and "train" in record["calibration"]["source"]
     assert record["check"]["pairs"] == 3 and 0.0 <= record["check"]["caption_agreement"] <= 1.0
+    cpu = record["check"]["cpu"]  # where the check ran: int8 kernels differ between CPUs
+    assert cpu["model"] and isinstance(cpu["features"], list) and cpu["machine"]
     assert record["check"]["max_abs_diff"] == {g: manifest.graphs["int8"][g].max_abs_diff for g in GRAPHS}
     assert record["default_choice"] is None and set(record["methods"]) == set(GRAPHS)
     assert [g.graph for g in report.graphs] == list(GRAPHS)
@@ -101,6 +103,31 @@ def test_image_encoder_is_static_qdq(int8_model, tiny_model: Path) -> None:
         assert graph_ops["ConvInteger"] == 0, graph
     # its transformer's constant-weight MatMuls are dynamic, as in the other graphs
     assert ops["MatMulInteger"] >= 4 and ops["DynamicQuantizeLinear"] >= 1
+
+
+def test_int8_formats_cannot_saturate(int8_model) -> None:
+    """No u8 x s8 product pair can overflow int16 (what AVX2 and AVX-512 without VNNI add them in):
+    convolution weights lie in -64..64 (reduce_range; 2 x 255 x 64 < 2**15) and every MatMul's
+    constant weight is uint8 (U8U8, no pair-saturating kernel). Holds on any CPU, by construction."""
+    import onnx
+    from onnx import numpy_helper
+
+    folder, _ = int8_model
+    for graph in GRAPHS:
+        proto, _ = _ops(folder / f"{graph}_int8.onnx")
+        weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        producer = {o: n for n in proto.graph.node for o in n.output}
+        for node in proto.graph.node:
+            if node.op_type == "Conv":
+                source = producer[node.input[1]]  # DequantizeLinear of the int8 weight
+                w = weights[source.input[0]]
+                assert w.dtype == np.int8 and np.abs(w.astype(int)).max() <= 64, (graph, node.name)
+            if node.op_type == "MatMulInteger":
+                b = weights.get(node.input[1])
+                assert b is not None and b.dtype == np.uint8, (graph, node.name)
+        assert onnx.TensorProto.INT8 not in {i.data_type for i in proto.graph.initializer
+                                             if i.name in {n.input[1] for n in proto.graph.node
+                                                           if n.op_type == "MatMulInteger"}}
 
 
 def test_transformer_graphs_are_dynamic_matmul(int8_model) -> None:
