@@ -37,7 +37,7 @@ demo: $(STAMP)
 	mkdir -p $(OUT)
 	rm -rf $(OUT)/data $(OUT)/checkpoint $(OUT)/model $(OUT)/index
 	@echo "== 1/6 synthesize $(PAIRS) pairs (seed $(SEED))"
-	$(BIN)/rsicrc synth --out $(OUT)/data --pairs $(PAIRS) --seed $(SEED)
+	$(BIN)/rsicrc synth --out $(OUT)/data --count $(PAIRS) --seed $(SEED)
 	@echo "== 2/6 train the tiny config on CPU (at most $(DEMO_MINUTES) minutes)"
 	$(BIN)/rsicrc-train --config tiny --data $(OUT)/data --out $(OUT)/checkpoint \
 		--seed $(SEED) --max-minutes $(DEMO_MINUTES)
@@ -48,7 +48,7 @@ demo: $(STAMP)
 	@echo "== 4/6 export to ONNX (validated against PyTorch)"
 	$(BIN)/rsicrc export $(OUT)/checkpoint --out $(OUT)/model --data $(OUT)/data
 	@echo "== 5/6 caption with the torch-free runtime"
-	@pair=$$(ls $(OUT)/data/images/test/A | head -n 1); \
+	@pair=$$(ls $(OUT)/data/images/test/A | sed -n 1p); \
 	echo "held-out synthetic pair $$pair:"; \
 	$(BIN)/rsicrc caption $(OUT)/data/images/test/A/$$pair $(OUT)/data/images/test/B/$$pair --model $(OUT)/model; \
 	echo "references:"; \

@@ -64,6 +64,7 @@ def evaluate_all(ckpt: Path, model_dir: Path, data: Path, split: str = "test", b
     from rsicrc.report import EvalOptions
     from rsicrc.runtime.evaluate import evaluate_model_folder
     from rsicrc.runtime.manifest import load_manifest
+    from rsicrc.runtime.options import RuntimeOptions
 
     threads = threads or len(os.sched_getaffinity(0))
     precisions = [p for p in ("fp32", "int8") if p in load_manifest(model_dir).graphs]
@@ -72,17 +73,15 @@ def evaluate_all(ckpt: Path, model_dir: Path, data: Path, split: str = "test", b
         if pairs is not None:
             data = subset(data, split, pairs, Path(tmp) / "data")
         runs: list[tuple[str, str, Any]] = [
-            ("pytorch", "fp32", lambda o: evaluate_checkpoint(ckpt, o, scorer))]
+            ("pytorch", "fp32", lambda o, p: evaluate_checkpoint(ckpt, o, "cpu", scorer))]
         for precision in precisions:
-            runs.append(("onnxruntime", precision,
-                         lambda o: evaluate_model_folder(model_dir, o, scorer)))
+            runs.append(("onnxruntime", precision, lambda o, p: evaluate_model_folder(
+                model_dir, o, RuntimeOptions(device="cpu", precision=p, threads=threads), scorer)))
         for backend, precision, fn in runs:
             opts = EvalOptions(data=data, split=split, beam=beam, progress=False,
-                               out=Path(tmp) / f"{backend}-{precision}.json",
-                               precision=None if backend == "pytorch" else precision,
-                               threads=None if backend == "pytorch" else threads)
+                               out=Path(tmp) / f"{backend}-{precision}.json")
             start = time.perf_counter()
-            metrics = fn(opts)
+            metrics = fn(opts, precision)
             seconds = time.perf_counter() - start
             pairs = metrics.get("pairs", {})
             rows.append({"name": f"quality/{backend}-{precision}", "backend": backend,
@@ -94,17 +93,20 @@ def evaluate_all(ckpt: Path, model_dir: Path, data: Path, split: str = "test", b
 def text_query_ms(model_dir: Path, precision: str = "fp32", repeats: int = 50,
                   threads: int | None = None) -> dict[str, Any]:
     """Median/min/max ms of tokenize + text encoder for one query (after a warmup)."""
-    from rsicrc.runtime.captioner import Captioner
+    from rsicrc.runtime.encoders import TextEncoder
+    from rsicrc.runtime.model_folder import ModelFolder
+    from rsicrc.runtime.options import RuntimeOptions
 
-    captioner = Captioner(model_dir, device="cpu", precision=precision,
-                          threads=threads or len(os.sched_getaffinity(0)))
-    captioner.embed_text([QUERIES[0]])  # warmup: session already loaded, first-run allocations
+    threads = threads or len(os.sched_getaffinity(0))
+    runtime = RuntimeOptions(device="cpu", precision=precision, threads=threads)
+    encoder = TextEncoder(ModelFolder.open(model_dir), runtime)
+    encoder.embed([QUERIES[0]])  # warmup: session already loaded, first-run allocations
     times = []
     for i in range(repeats):
         start = time.perf_counter()
-        captioner.embed_text([QUERIES[i % len(QUERIES)]])
+        encoder.embed([QUERIES[i % len(QUERIES)]])
         times.append((time.perf_counter() - start) * 1e3)
-    return {"model": str(model_dir), "precision": precision, "dim": captioner.dims.d_model,
+    return {"model": str(model_dir), "precision": precision, "dim": encoder.model.dims.d_model,
             "median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3),
             "max_ms": round(max(times), 3), "repeats": repeats}
 

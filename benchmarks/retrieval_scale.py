@@ -60,7 +60,8 @@ def _build(n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Stage 1 (own process): write N random rows through IndexWriter."""
     import numpy as np
 
-    from rsicrc.runtime.index import Entry, IndexWriter, ModelIdentity
+    from rsicrc.runtime.index import IndexWriter
+    from rsicrc.runtime.index_format import Entry, ModelIdentity
 
     folder, dim = root / f"index-{n}", args.dim
     model = ModelIdentity(*FAKE_SHA, "fp32", "/benchmark/no-model")

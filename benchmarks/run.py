@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rsicrc.files import write_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEMO_CKPT = REPO / "demo-out" / "checkpoint"
@@ -83,13 +85,8 @@ def _log(msg: str) -> None:
 
 def captioning(config: str, args: argparse.Namespace, contenders: list[str], batches: list[int],
                beams: list[int], state: dict[str, Any]) -> None:
-    from benchmarks.captioning import (
-        SEED,
-        BenchSpec,
-        paper_artefacts,
-        run_in_subprocess,
-        tiny_artefacts,
-    )
+    from benchmarks.captioning import BenchSpec, run_in_subprocess
+    from benchmarks.contenders import SEED, paper_artefacts, tiny_artefacts
 
     if config == "paper":
         ckpt, model = paper_artefacts(args.cache)
@@ -250,7 +247,8 @@ def targets(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.captioning import CACHE, merge_rounds
+    from benchmarks.captioning import merge_rounds
+    from benchmarks.contenders import CACHE
 
     p = argparse.ArgumentParser(description="All benchmarks -> benchmarks/results/latest.json + RESULTS.md")
     p.add_argument("--quick", action="store_true",
@@ -266,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality-pairs", type=int, default=100,
                    help="test pairs evaluated per backend (half changed): bounds the quality part's time")
     p.add_argument("--cache", type=Path, default=CACHE)
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help="folder for latest.json (and RESULTS.md, which goes to benchmarks/ by default)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for latest.json and RESULTS.md (default: benchmarks/results/ and benchmarks/"
+                   "RESULTS.md for a full run, the committed figures; benchmarks/results/quick/ for --quick, "
+                   "git-ignored, so a quick run never overwrites them)")
     args = p.parse_args(argv)
     started = time.time()
     tiny = args.tiny_checkpoint or (DEMO_CKPT if DEMO_CKPT.is_dir() else None)
@@ -313,10 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets(state), "contender_meta": state["meta"],
         "skipped": state["skipped"], "errors": state["errors"],
     }
+    if args.out is None:
+        args.out = RESULTS / "quick" if args.quick else RESULTS
     args.out.mkdir(parents=True, exist_ok=True)
-    _write(args.out / "latest.json", json.dumps(result, indent=1, default=str) + "\n")
+    write_atomic(args.out / "latest.json", json.dumps(result, indent=1, default=str) + "\n")
     markdown = REPO / "benchmarks" / "RESULTS.md" if args.out == RESULTS else args.out / "RESULTS.md"
-    _write(markdown, write_markdown(result))
+    write_atomic(markdown, write_markdown(result))
     _log(f"wrote {args.out / 'latest.json'} and {markdown} in {result['wall_s']:.0f} s")
     return 1 if state["errors"] else 0
 
@@ -422,12 +424,6 @@ def write_markdown(result: dict[str, Any]) -> str:
         if items:
             out += [f"## {title}", "", *[f"- {x}" for x in items], ""]
     return "\n".join(out)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,20 @@ from pathlib import Path
 
 import typer
 
-from rsicrc.cli.common import guarded, print_json, setup_logging
+from rsicrc.cli.common import (
+    DEVICE,
+    ENGINE,
+    MODEL,
+    OLD_BACKEND,
+    PRECISION,
+    THREADS,
+    guarded,
+    print_json,
+    runtime_options,
+    setup_logging,
+)
 from rsicrc.errors import ConfigError
 from rsicrc.runtime.decoding import DecodingOptions
-
-DEFAULT_MODEL_TEXT = ("$RSICRC_MODEL if set, else $XDG_DATA_HOME/rsicrc/model "
-                      "(~/.local/share/rsicrc/model when XDG_DATA_HOME is unset)")
 
 
 def caption(
@@ -19,22 +27,16 @@ def caption(
                                          help="Before image: PNG, JPEG or TIFF/GeoTIFF."),
     after: Path | None = typer.Argument(None, metavar="AFTER", show_default=False,
                                         help="After image of the same place, same size as BEFORE."),
-    model: Path | None = typer.Option(None, "--model", help=f"Exported model folder (from `rsicrc export`); "
-                                      f"default: {DEFAULT_MODEL_TEXT}.", show_default=False),
+    model: Path | None = MODEL,
     beam: int = typer.Option(DecodingOptions.beam_size, "--beam", help="Beam size; 1 = greedy."),
     length_penalty: float = typer.Option(DecodingOptions.length_penalty, "--length-penalty",
                                          help="alpha in score = logprob / length^alpha."),
-    device: str = typer.Option("auto", "--device",
-                               help="auto (CUDA when ONNX Runtime can really use it, else CPU), cpu "
-                               "or cuda."),
+    engine: str = ENGINE,
+    device: str = DEVICE,
     bands: str | None = typer.Option(None, "--bands", help="Bands of multiband images, 1-based, e.g. 4,3,2 "
                                      "(default: the first three, or the only one).", show_default=False),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 or int8, as exported "
-                                         "(default: the model folder's default).", show_default=False),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or trt for TensorRT engines "
-                                "built with `rsicrc build-engines`."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per graph "
-                                       "(default: ONNX Runtime's choice).", show_default=False),
+    precision: str | None = PRECISION,
+    threads: int | None = THREADS,
     json_out: bool = typer.Option(False, "--json", help="Print caption, score, tokens, beams and "
                                   "timing_ms as JSON."),
     pairs: Path | None = typer.Option(None, "--pairs", help="Caption many pairs: a folder with A/ and B/ "
@@ -48,6 +50,7 @@ def caption(
                                     "object per pair: id, before, after, caption, score).",
                                     show_default=False),
     quiet: bool = typer.Option(False, "--quiet", help="With --pairs: no progress bar."),
+    backend: str | None = OLD_BACKEND,
 ) -> None:
     """Describe what changed between a BEFORE and an AFTER image, with an exported model.
 
@@ -61,6 +64,7 @@ def caption(
         from rsicrc.runtime.images import parse_bands
 
         options = DecodingOptions(beam_size=beam, length_penalty=length_penalty)
+        runtime = runtime_options(engine, device, precision, threads, backend)
         chosen_bands = parse_bands(bands) if bands is not None else None
         if pairs is not None:
             if before is not None or after is not None:
@@ -71,17 +75,15 @@ def caption(
                 raise ConfigError("--json is for one pair; --pairs always writes JSON Lines to --out")
             from rsicrc.runtime.pairs import caption_pairs
 
-            return caption_pairs(pairs, out, options, split=split, model_dir=model, device=device,
-                                 precision=precision, threads=threads, batch_size=batch_size,
-                                 bands=chosen_bands, progress=not quiet, backend=backend)
+            return caption_pairs(pairs, out, options, model_dir=model, runtime=runtime, split=split,
+                                 batch_size=batch_size, bands=chosen_bands, progress=not quiet)
         if before is None or after is None:
             raise ConfigError("give BEFORE and AFTER image files, or --pairs SOURCE --out FILE.jsonl")
         if out is not None or split is not None:
             raise ConfigError("--out and --split apply only with --pairs")
         from rsicrc.runtime.captioner import caption_pair
 
-        return caption_pair(before, after, options, model_dir=model, device=device, precision=precision,
-                            threads=threads, bands=chosen_bands, backend=backend)
+        return caption_pair(before, after, options, model_dir=model, runtime=runtime, bands=chosen_bands)
 
     result = guarded(run)
     if pairs is not None:

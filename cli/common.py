@@ -1,4 +1,6 @@
-"""What every command shares: logging, the error boundary, JSON printing."""
+"""What every command shares: logging, the error boundary, JSON printing, and the options that
+choose how an exported model folder runs — declared once here, used by every command that runs
+graphs (caption, evaluate, index, search, check)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,40 @@ from typing import Any, TypeVar
 import typer
 
 from rsicrc.errors import RsicrcError
+from rsicrc.runtime.options import DEFAULT_ENGINE, DEVICES, ENGINES, RuntimeOptions
 
 T = TypeVar("T")
+
+DEFAULT_MODEL_TEXT = ("$RSICRC_MODEL if set, else $XDG_DATA_HOME/rsicrc/model "
+                      "(~/.local/share/rsicrc/model when XDG_DATA_HOME is unset)")
+
+# --- the runtime options, declared once (defaults: rsicrc.runtime.options.RuntimeOptions) ---------
+MODEL = typer.Option(None, "--model", help=f"Exported model folder (from `rsicrc export`); default: "
+                     f"{DEFAULT_MODEL_TEXT}.", show_default=False)
+ENGINE = typer.Option(DEFAULT_ENGINE, "--engine", help=f"What runs the graphs: {' or '.join(ENGINES)} "
+                      "(TensorRT engines built with `rsicrc build-engines`).")
+DEVICE = typer.Option("auto", "--device", help=f"{', '.join(DEVICES)}: auto uses CUDA when the engine can "
+                      "really use it, else the CPU.")
+PRECISION = typer.Option(None, "--precision", help="fp32 or int8 as exported (fp32 or fp16 for TensorRT "
+                         "engines); default: the model folder's default precision.", show_default=False)
+THREADS = typer.Option(None, "--threads", help="CPU threads per graph (default: ONNX Runtime's choice, all "
+                       "cores).", show_default=False)
+# --backend meant the engine in caption/evaluate/check (and the search algorithm in search)
+OLD_BACKEND = typer.Option(None, "--backend", hidden=True, help="Deprecated: use --engine.")
+
+
+def deprecated(old: str, new: str) -> None:
+    """One warning line on stderr for an option spelling kept for one release."""
+    typer.echo(f"warning: {old} is deprecated and will be removed in the next release; use {new}", err=True)
+
+
+def runtime_options(engine: str, device: str, precision: str | None, threads: int | None,
+                    old_backend: str | None = None) -> RuntimeOptions:
+    """The RuntimeOptions of a command's shared options (a deprecated --backend names the engine)."""
+    if old_backend is not None:
+        deprecated("--backend", "--engine")
+        engine = old_backend
+    return RuntimeOptions(engine=engine, device=device, precision=precision, threads=threads)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -40,3 +74,4 @@ def print_json(data: Any) -> None:
 def app(help_text: str) -> typer.Typer:
     return typer.Typer(help=help_text, add_completion=False, no_args_is_help=True,
                        pretty_exceptions_enable=False, rich_markup_mode=None)
+

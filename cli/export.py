@@ -45,7 +45,7 @@ def export_command(
                               overwrite=overwrite, int8=int8, calibration_data=data)
         if not choose_default:
             return report, None
-        from rsicrc.export.quantize import choose_default as choose
+        from rsicrc.export.default_precision import choose_default as choose
 
         return report, choose(out, data, progress=not quiet)
 

@@ -7,9 +7,18 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from rsicrc.cli.caption import DEFAULT_MODEL_TEXT
-from rsicrc.cli.common import guarded, print_json, setup_logging
-from rsicrc.runtime.index import DEFAULT_COMMIT_ROWS, DEFAULT_DTYPE, STORE_DTYPES
+from rsicrc.cli.common import (
+    DEVICE,
+    ENGINE,
+    MODEL,
+    THREADS,
+    guarded,
+    print_json,
+    runtime_options,
+    setup_logging,
+)
+from rsicrc.runtime.index import DEFAULT_COMMIT_ROWS
+from rsicrc.runtime.index_format import DEFAULT_DTYPE, STORE_DTYPES
 
 if TYPE_CHECKING:
     from rsicrc.runtime.retriever import IndexReport
@@ -22,8 +31,7 @@ def index_command(
                                  "(paths relative to the CSV; ids from the id column, else line numbers)."),
     out: Path = typer.Option(..., "--out", help="Index folder: created, or appended to when it exists.",
                              show_default=False),
-    model: Path | None = typer.Option(None, "--model", help=f"Exported model folder (from `rsicrc export`); "
-                                      f"default: {DEFAULT_MODEL_TEXT}.", show_default=False),
+    model: Path | None = MODEL,
     split: str | None = typer.Option(None, "--split", help="With a LEVIR-CC folder: train, val or test "
                                      "(default: all).", show_default=False),
     batch_size: int = typer.Option(8, "--batch-size", help="Pairs per image-encoder batch."),
@@ -33,12 +41,12 @@ def index_command(
     commit_every: int = typer.Option(DEFAULT_COMMIT_ROWS, "--commit-every",
                                      help="Pairs per committed shard: an interrupted run keeps what was "
                                      "committed and resumes from there."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    engine: str = ENGINE,
+    device: str = DEVICE,
     precision: str | None = typer.Option(None, "--precision", help="fp32 or int8, as exported (default: the "
                                          "index's when appending, else the model folder's default).",
                                          show_default=False),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads per graph (default: ONNX "
-                                       "Runtime's choice).", show_default=False),
+    threads: int | None = THREADS,
     bands: str | None = typer.Option(None, "--bands", help="Bands of multiband images, 1-based, e.g. 4,3,2 "
                                      "(default: the first three, or the only one).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print added, skipped, total and index as JSON."),
@@ -57,9 +65,9 @@ def index_command(
         from rsicrc.runtime.retriever import index_pairs
 
         chosen_bands = parse_bands(bands) if bands is not None else None
-        return index_pairs(pairs, out, model_dir=model, split=split, batch_size=batch_size, dtype=dtype,
-                           device=device, precision=precision, threads=threads, bands=chosen_bands,
-                           commit_every=commit_every, progress=not quiet)
+        runtime = runtime_options(engine, device, precision, threads)
+        return index_pairs(pairs, out, model_dir=model, runtime=runtime, split=split, batch_size=batch_size,
+                           dtype=dtype, bands=chosen_bands, commit_every=commit_every, progress=not quiet)
 
     report = guarded(run)
     if json_out:

@@ -7,13 +7,25 @@ from pathlib import Path
 import typer
 
 from rsicrc.cli.caption import caption
+from rsicrc.cli.common import (
+    DEVICE,
+    ENGINE,
+    OLD_BACKEND,
+    PRECISION,
+    THREADS,
+    deprecated,
+    guarded,
+    print_json,
+    runtime_options,
+    setup_logging,
+)
 from rsicrc.cli.common import app as make_app
-from rsicrc.cli.common import guarded, print_json, setup_logging
 from rsicrc.cli.export import export_command
 from rsicrc.cli.import_original import import_original_command
 from rsicrc.cli.index import index_command
 from rsicrc.cli.search import search_command
 from rsicrc.cli.trt import build_engines_command, check_command
+from rsicrc.errors import ConfigError
 from rsicrc.runtime.decoding import DecodingOptions
 
 app = make_app("rsicrc: change captioning and text-to-image-pair retrieval for satellite image pairs.")
@@ -22,17 +34,28 @@ app = make_app("rsicrc: change captioning and text-to-image-pair retrieval for s
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to create (LEVIR-CC layout)."),
-    pairs: int = typer.Option(..., "--pairs", help="Number of before/after pairs."),
+    count: int | None = typer.Option(None, "--count", help="Number of before/after pairs.",
+                                     show_default=False),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    pairs: int | None = typer.Option(None, "--pairs", hidden=True, help="Deprecated: use --count."),
 ) -> None:
     """Write a deterministic synthetic change dataset (train/val/test, 5 captions per pair)."""
     setup_logging()
     from rsicrc.synth import synthesize
 
-    path = guarded(lambda: synthesize(out, pairs=pairs, seed=seed, size=size, progress=not quiet))
-    typer.echo(f"wrote {pairs} pairs to {path}")
+    def run() -> tuple[Path, int]:
+        n = count
+        if pairs is not None:
+            deprecated("--pairs", "--count")
+            n = pairs if count is None else count
+        if n is None:
+            raise ConfigError("give the number of pairs: --count N")
+        return synthesize(out, pairs=n, seed=seed, size=size, progress=not quiet), n
+
+    path, n = guarded(run)
+    typer.echo(f"wrote {n} pairs to {path}")
 
 
 @app.command()
@@ -44,33 +67,38 @@ def evaluate(
     beam: int = typer.Option(DecodingOptions.beam_size, help="Beam size; 1 = greedy."),
     length_penalty: float = typer.Option(DecodingOptions.length_penalty, help="alpha in logprob/len^alpha."),
     batch_size: int = typer.Option(16, help="Pairs per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str | None = typer.Option(None, help="Model folders only: fp32 or int8 "
-                                         "(default: the manifest's default precision)."),
-    threads: int | None = typer.Option(None, help="Model folders only: ONNX Runtime threads."),
-    backend: str | None = typer.Option(None, help="Model folders only: onnxruntime (default) or trt."),
+    engine: str = ENGINE,
+    device: str = DEVICE,
+    precision: str | None = PRECISION,
+    threads: int | None = THREADS,
     out: Path | None = typer.Option(None, help="Metrics JSON (default MODEL/metrics_<split>.json; "
                                     "model folders: MODEL/metrics_<split>_<precision>.json)."),
     json_out: bool = typer.Option(False, "--json", help="Print the whole metrics JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    backend: str | None = OLD_BACKEND,
 ) -> None:
     """Caption a split and score it: BLEU/METEOR/ROUGE-L/CIDEr, retrieval P/R/MRR@k, no-change
     accuracy and a constant-caption baseline, all pairs and changed pairs only. A checkpoint is
-    evaluated with PyTorch, a model folder with the torch-free runtime; same metrics, same keys."""
+    evaluated with PyTorch, a model folder with the torch-free runtime; same metrics, same keys.
+    --engine, --precision and --threads apply to model folders only."""
     setup_logging()
-    from rsicrc.report import EvalOptions, folder_kind
+    from rsicrc.report import EvalOptions
+    from rsicrc.runtime.model_folder import folder_kind
 
     def run() -> dict:
         opts = EvalOptions(data=data, split=split, beam=beam, length_penalty=length_penalty,
-                           batch_size=batch_size, device=device, out=out, progress=not quiet,
-                           precision=precision, threads=threads, backend=backend)
+                           batch_size=batch_size, out=out, progress=not quiet)
+        runtime = runtime_options(engine, device, precision, threads, backend)
         if folder_kind(model) == "model":
             from rsicrc.runtime.evaluate import evaluate_model_folder
 
-            return evaluate_model_folder(model, opts)
+            return evaluate_model_folder(model, opts, runtime)
+        if (precision, threads) != (None, None) or runtime.engine != ENGINE.default:
+            raise ConfigError("--precision, --threads and --engine apply to exported model folders only, "
+                              f"not to the checkpoint folder {model}")
         from rsicrc.evaluate import evaluate_checkpoint
 
-        return evaluate_checkpoint(model, opts)
+        return evaluate_checkpoint(model, opts, device)
 
     metrics = guarded(run)
     if json_out:

@@ -7,10 +7,19 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from rsicrc.cli.caption import DEFAULT_MODEL_TEXT
-from rsicrc.cli.common import guarded, print_json, setup_logging
+from rsicrc.cli.common import (
+    DEFAULT_MODEL_TEXT,
+    DEVICE,
+    ENGINE,
+    THREADS,
+    deprecated,
+    guarded,
+    print_json,
+    runtime_options,
+    setup_logging,
+)
 from rsicrc.errors import ConfigError
-from rsicrc.runtime.retriever import BACKENDS, DEFAULT_TOP_K
+from rsicrc.runtime.retriever import DEFAULT_TOP_K, SEARCHES
 
 if TYPE_CHECKING:
     from rsicrc.runtime.retriever import Hit
@@ -54,16 +63,17 @@ def search_command(
                                         "answered in one batch (instead of QUERY).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print JSON: a list of hits {rank, score, id, "
                                   "before, after, metadata}; with --queries a list of {query, hits}."),
-    backend: str = typer.Option("exact", "--backend", help=f"{', '.join(BACKENDS)}. exact: matrix products "
-                                "over the stored rows, nothing built at load (one-off searches); "
-                                "quantized: the same results from an int8 pre-scan built at load (~2.5 s per "
-                                "100,000 x 2048 rows; 4-7x faster per query, for many queries); faiss: a "
-                                "FAISS flat index (needs faiss-cpu)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for the text encoder)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for the text encoder and the "
-                                       "search (default: all cores).", show_default=False),
+    search: str = typer.Option("exact", "--search", help=f"How the stored rows are searched: "
+                               f"{', '.join(SEARCHES)}. exact: matrix products over the stored rows, nothing "
+                               "built at load (one-off searches); quantized: the same results from an int8 "
+                               "pre-scan built at load (~2.5 s per 100,000 x 2048 rows; 4-7x faster per "
+                               "query, for many queries); faiss: a FAISS flat index (needs faiss-cpu)."),
+    engine: str = ENGINE,
+    device: str = DEVICE,
+    threads: int | None = THREADS,
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the index files at "
                                    "load (sizes, shapes and line counts are still checked)."),
+    backend: str | None = typer.Option(None, "--backend", hidden=True, help="Deprecated: use --search."),
 ) -> None:
     """Find the before/after pairs of an index whose change matches a text query, best first.
 
@@ -81,8 +91,12 @@ def search_command(
                               + (", not both" if query is not None else ""))
         texts = [query] if query is not None else read_queries(queries)  # type: ignore[arg-type]
         check_top_k(top_k)  # before anything loads
-        retriever = Retriever(index, model, device=device, backend=backend, threads=threads,
-                              verify=not no_verify)
+        kind = search
+        if backend is not None:
+            deprecated("--backend", "--search")
+            kind = backend
+        runtime = runtime_options(engine, device, None, threads)  # the precision is the index's
+        retriever = Retriever(index, model, runtime, search=kind, verify=not no_verify)
         hits = retriever.search(texts, top_k, warn=False)
         return texts, retriever.warnings(texts), hits
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from rsicrc.cli.common import guarded, print_json, setup_logging
+from rsicrc.cli.common import (
+    DEVICE,
+    ENGINE,
+    OLD_BACKEND,
+    deprecated,
+    guarded,
+    print_json,
+    runtime_options,
+    setup_logging,
+)
 
 
 def build_engines_command(
@@ -49,24 +58,31 @@ def check_command(
     model: Path = typer.Argument(..., help="Exported model folder."),
     data: Path = typer.Option(..., "--data", help="Real pairs: a folder with A/ and B/, a LEVIR-CC folder "
                               "or a CSV with before,after columns."),
-    backend: str = typer.Option("trt", "--backend", help="Backend to check: trt or onnxruntime."),
+    engine: str = ENGINE,
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (trt); fp32 or int8 "
                                   "(onnxruntime)."),
-    pairs: int = typer.Option(4, "--pairs", help="How many pairs of --data to use."),
+    count: int = typer.Option(4, "--count", help="How many pairs of --data to use."),
     tolerance: float | None = typer.Option(None, "--tolerance", help="Relative tolerance (default per "
                                            "precision: fp32 1e-3, fp16 5e-2, int8 1e-1)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for the checked backend)."),
+    device: str = DEVICE,
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    backend: str | None = OLD_BACKEND,
+    pairs: int | None = typer.Option(None, "--pairs", hidden=True, help="Deprecated: use --count."),
 ) -> None:
-    """Compare a backend's outputs with ONNX Runtime fp32 graph by graph on real pairs (image encoder,
-    text encoder, decoder steps on real cache states). Exit code 1 when an output is out of tolerance."""
+    """Compare an engine and precision with ONNX Runtime fp32 (CPU) graph by graph on real pairs (image
+    encoder, text encoder, decoder steps on real cache states). Exit code 1 when an output is out of
+    tolerance. E.g. `rsicrc check MODEL --data PAIRS --engine trt --precision fp16`."""
     setup_logging()
 
     def run():  # noqa: ANN202
         from rsicrc.runtime.compare import check_model
 
-        return check_model(model, data, backend=backend, precision=precision, pairs=pairs,
-                           tolerance=tolerance, device=device)
+        how_many = count
+        if pairs is not None:
+            deprecated("--pairs", "--count")
+            how_many = pairs
+        runtime = runtime_options(engine, device, precision, None, backend)
+        return check_model(model, data, runtime, count=how_many, tolerance=tolerance)
 
     report = guarded(run)
     if json_out:

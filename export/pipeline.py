@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rsicrc.checkpoint import Checkpoint, load_checkpoint
+from rsicrc.checks import finite_number
 from rsicrc.errors import ExportError
 from rsicrc.export.onnx_export import (
     DEFAULT_OPSET,
@@ -29,18 +29,16 @@ from rsicrc.export.onnx_export import (
     check_opset,
     dims_for,
     export_graph,
-    graph_modules,
 )
 from rsicrc.export.quantize import QuantizeReport, quantize_model
 from rsicrc.export.validate import (
     DEFAULT_TOLERANCE,
-    GraphDiff,
     GraphValidator,
-    ValidationInputs,
     load_validation_inputs,
     synthetic_validation_inputs,
 )
 from rsicrc.levircc import LevirCC
+from rsicrc.runtime.compare import Comparison, GraphInputs
 from rsicrc.runtime.contract import GRAPHS, contract
 from rsicrc.runtime.manifest import (
     FORMAT_VERSION,
@@ -156,9 +154,7 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
     and each int8 graph compared with fp32 on the validation inputs; default_precision stays fp32.
     """
     check_opset(opset)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
-            math.isfinite(tolerance) and tolerance >= 0):
-        raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    finite_number(tolerance, "tolerance", minimum=0, error=ExportError)
     out = Path(out)
     _check_out(out, overwrite)
     if int8 and calibration_data is not None:
@@ -168,7 +164,7 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
     dims = dims_for(mc, len(vocab))
     graphs = contract(dims)
     spec = PreprocessSpec(size=mc.image_size)
-    inputs: ValidationInputs = (
+    inputs: GraphInputs = (
         load_validation_inputs(Path(validation_data), vocab, spec, mc.max_len) if validation_data is not None
         else synthetic_validation_inputs(vocab, spec, mc.max_len))
 
@@ -178,9 +174,9 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
     try:
         with tqdm(total=len(GRAPHS), desc="export", unit="graph", disable=not progress) as bar:
             validator = GraphValidator(model, dims, graphs, inputs, tolerance)
-            modules = graph_modules(model, dims)
+            modules = validator.reference.modules
             files = {name: staging / graphs[name].file for name in GRAPHS}
-            diffs: dict[str, GraphDiff] = {}
+            diffs: dict[str, Comparison] = {}
             export_seconds = validation_seconds = 0.0
             for name in GRAPHS:  # validate each graph right away: a bad export fails fast
                 bar.set_postfix_str(f"{name}: export")
@@ -193,8 +189,8 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
                 diffs[name] = validator.validate(name, files[name])
                 validation_seconds += time.monotonic() - started
                 bar.update()
-        entries = {name: GraphFile(files[name].name, sha256_file(files[name]), diffs[name].max_abs_diff,
-                                   diffs[name].ref_max_abs) for name in GRAPHS}
+        entries = {name: GraphFile(files[name].name, sha256_file(files[name]), diffs[name].max_abs_diff(name),
+                                   diffs[name].ref_max_abs(name)) for name in GRAPHS}
         manifest = Manifest(
             format_version=FORMAT_VERSION, model_config=dataclasses.asdict(mc), vocab=vocab.words,
             special_ids=dict(SPECIAL_IDS), max_len=mc.max_len, preprocess=spec, dims=dims,
@@ -207,7 +203,8 @@ def export_model(ckpt_dir: Path, out: Path, opset: int = DEFAULT_OPSET, progress
         shutil.rmtree(staging, ignore_errors=True)
         raise
     for name in GRAPHS:
-        log.info("%s: max|diff| %.2e (ref max %.3g)", name, diffs[name].max_abs_diff, diffs[name].ref_max_abs)
+        entry = entries[name]
+        log.info("%s: max|diff| %.2e (ref max %.3g)", name, entry.max_abs_diff, entry.ref_max_abs)
     return ExportReport(
         out=out,
         graphs=tuple(GraphReport(name, entries[name].file, (out / entries[name].file).stat().st_size,

@@ -1,7 +1,7 @@
-"""int8 graphs beside the fp32 ones, and the choice of the default precision (DESIGN §9).
+"""int8 graphs beside the fp32 ones, checked against them (DESIGN §9).
 
     quantize_model(model_dir, calibration)  -> *_int8.onnx + graphs["int8"] + manifest.int8
-    choose_default(model_dir, data_dir)     -> default_precision "int8" only within 2 % of fp32
+    (the default precision: rsicrc.export.default_precision.choose_default)
 
 - text_encoder, decoder_step: dynamic quantization of MatMul only (uint8 weights per tensor, the
   activations quantized to uint8 at run time: DynamicQuantizeLinear -> MatMulInteger, U8U8). Only
@@ -35,12 +35,11 @@ The int8 check records the CPU (model, SIMD features) it ran on: `manifest.int8.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from rsicrc.checks import positive_int
 from rsicrc.errors import (
     ContractError,
     DataError,
@@ -56,32 +56,19 @@ from rsicrc.errors import (
     ModelFolderError,
     RsicrcError,
 )
-from rsicrc.export.validate import ValidationInputs, load_validation_inputs, synthetic_validation_inputs
+from rsicrc.export.validate import load_validation_inputs, synthetic_validation_inputs
 from rsicrc.levircc import LevirCC
-from rsicrc.metrics import CAPTION_METRICS, CaptionScorer
-from rsicrc.report import EvalOptions
-from rsicrc.runtime.backend import OrtBackend
-from rsicrc.runtime.captioner import OrtStepModel
-from rsicrc.runtime.contract import (
-    ATTENTION_MASK,
-    DECODER_STEP,
-    GRAPHS,
-    IMAGE_ENCODER,
-    INPUT_IDS,
-    LOGITS,
-    STEP,
-    TEXT_ENCODER,
-    cross_names,
-    past_names,
-    present_names,
-)
+from rsicrc.runtime.backend import Backend
+from rsicrc.runtime.compare import GraphInputs, compare_graphs
+from rsicrc.runtime.contract import AFTER, BEFORE, DECODER_STEP, GRAPHS, IMAGE_ENCODER, TEXT_ENCODER
 from rsicrc.runtime.cpu import cpu_info
-from rsicrc.runtime.decoding import DecodingOptions, beam_search
-from rsicrc.runtime.evaluate import evaluate_model_folder
+from rsicrc.runtime.decoding import DecodingOptions
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.manifest import GraphFile, Manifest, load_manifest, sha256_file, write_manifest
+from rsicrc.runtime.model_folder import ModelFolder
+from rsicrc.runtime.options import RuntimeOptions
 from rsicrc.runtime.preprocess import PreprocessSpec, preprocess_batch
-from rsicrc.vocab import START
+from rsicrc.runtime.task import CaptionTask, GraphModel
 
 INT8, FP32 = "int8", "fp32"
 CALIBRATION_PAIRS = 48  # image pairs whose activation ranges calibrate the image encoder
@@ -92,9 +79,6 @@ CHECK_STEPS = 4  # decoder steps compared (teacher-forced along the fp32 greedy 
 # transformer graphs), "static" (joins the QDQ calibration, constant weights only) or "fp32".
 IMAGE_MATMUL_MODES: tuple[str, ...] = ("fp32", "static", "dynamic")
 IMAGE_MATMUL = "dynamic"
-DEFAULT_MARGIN = 0.02  # int8 becomes the default only when no gated metric drops more than this
-GATED_RETRIEVAL: tuple[str, ...] = ("R@1", "R@5", "R@10")
-GATED_SUBSETS: tuple[str, ...] = ("all", "changed")
 
 
 @dataclass(frozen=True)
@@ -145,8 +129,7 @@ def calibration_pairs(data: Path | None, spec: PreprocessSpec, pairs: int = CALI
                       ) -> tuple[np.ndarray, np.ndarray, str]:
     """Preprocessed (before, after) float32 [P, 3, S, S] from the first `pairs` pairs of a
     dataset's train split (all splits if it has no train pairs), or from synthetic pairs."""
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
-        raise ExportError(f"calibration pairs must be an integer >= 1, got {pairs!r}")
+    positive_int(pairs, "calibration pairs", error=ExportError)
     if data is None:
         from rsicrc.synth import synthesize
 
@@ -171,7 +154,7 @@ class _Reader:
     """onnxruntime CalibrationDataReader (duck-typed): batches of preprocessed pairs."""
 
     def __init__(self, before: np.ndarray, after: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
-        self.feeds = [{"before": before[i: i + batch], "after": after[i: i + batch]}
+        self.feeds = [{BEFORE: before[i: i + batch], AFTER: after[i: i + batch]}
                       for i in range(0, len(before), batch)]
         self._next = 0
 
@@ -245,56 +228,21 @@ def quantize_image_encoder(src: Path, dst: Path, work: Path, before: np.ndarray,
 
 # --- checks against fp32 ------------------------------------------------------------------------
 
-def _diff(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """(max |got - want|, max |want|) over every output."""
-    diff = max(float(np.abs(got[k].astype(np.float64) - want[k]).max(initial=0.0)) for k in want)
-    ref = max(float(np.abs(want[k]).max(initial=0.0)) for k in want)
-    return diff, ref
-
-
-def _greedy(backend: OrtBackend, manifest: Manifest, images: Mapping[str, np.ndarray]
-            ) -> list[tuple[int, ...]]:
-    """Greedy token ids of each pair, all graphs from `backend`."""
-    dims = manifest.dims
-    out = backend.run(IMAGE_ENCODER, dict(images))
-    cross = {name: out[name] for kv in cross_names(dims) for name in kv}
-    options = DecodingOptions(beam_size=1, max_tokens=dims.max_len - 1)
-    results = beam_search(OrtStepModel(backend, dims, cross, 1), len(images["before"]), options,
-                          start=manifest.special_ids["start"], end=manifest.special_ids["end"])
-    return [r.best.tokens for r in results]
-
-
-def check_int8(fp32: OrtBackend, int8: OrtBackend, manifest: Manifest, inputs: ValidationInputs
-               ) -> dict[str, Any]:
+def check_int8(fp32: Backend, int8: Backend, folder: ModelFolder, inputs: GraphInputs) -> dict[str, Any]:
     """max|int8 - fp32| per graph on the validation inputs (decoder step: a few steps teacher-
-    forced along fp32's greedy path, on fp32's cross K/V) and greedy caption agreement."""
-    dims = manifest.dims
-    images = {"before": inputs.before.astype(np.float32), "after": inputs.after.astype(np.float32)}
-    text = {INPUT_IDS: inputs.input_ids.astype(np.int64),
-            ATTENTION_MASK: inputs.attention_mask.astype(np.int64)}
-    ref_images = fp32.run(IMAGE_ENCODER, images)
-    diffs = {IMAGE_ENCODER: _diff(ref_images, int8.run(IMAGE_ENCODER, images)),
-             TEXT_ENCODER: _diff(fp32.run(TEXT_ENCODER, text), int8.run(TEXT_ENCODER, text))}
-    rows = len(inputs.before)
-    cross = {name: ref_images[name] for kv in cross_names(dims) for name in kv}
-    past = {name: np.zeros((rows, dims.num_heads, dims.max_len, dims.head_dim), np.float32)
-            for kv in past_names(dims) for name in kv}
-    tokens = np.full((rows, 1), START, dtype=np.int64)
-    step_diff, step_ref = 0.0, 0.0
-    for step in range(min(CHECK_STEPS, dims.max_len - 1)):
-        feed = {INPUT_IDS: tokens, STEP: np.array([step], dtype=np.int64), **past, **cross}
-        ref = fp32.run(DECODER_STEP, feed)
-        d, r = _diff(ref, int8.run(DECODER_STEP, feed))
-        step_diff, step_ref = max(step_diff, d), max(step_ref, r)
-        tokens = ref[LOGITS].argmax(axis=1).astype(np.int64)[:, None]
-        past = {p: ref[q] for pkv, qkv in zip(past_names(dims), present_names(dims), strict=True)
-                for p, q in zip(pkv, qkv, strict=True)}
-    diffs[DECODER_STEP] = (step_diff, step_ref)
+    forced along fp32's greedy path, on fp32's cross K/V), greedy caption agreement, and the CPU
+    the check ran on (int8 kernels differ between CPUs)."""
+    comparison = compare_graphs(fp32.run, int8.run, folder.manifest.contract, folder.dims, inputs,
+                                steps=range(min(CHECK_STEPS, folder.max_len - 1)), labels=(FP32, INT8))
+    diffs = {g: (comparison.max_abs_diff(g), comparison.ref_max_abs(g)) for g in GRAPHS}
     if not all(np.isfinite(v) for pair in diffs.values() for v in pair):
         raise ExportError("an int8 graph gives non-finite outputs on the validation inputs; keep fp32")
-    captions = [_greedy(backend, manifest, images) for backend in (fp32, int8)]
+    greedy = DecodingOptions(beam_size=1)
+    captions = [[r.best.tokens for r in CaptionTask(GraphModel(backend, folder.dims), folder.special["start"],
+                                                    folder.special["end"], folder.max_len)
+                 .run(inputs.before, inputs.after, greedy).results] for backend in (fp32, int8)]
     same = [a == b for a, b in zip(*captions, strict=True)]
-    return {"source": inputs.source, "pairs": rows, "caption_agreement": float(np.mean(same)),
+    return {"source": inputs.source, "pairs": len(inputs.before), "caption_agreement": float(np.mean(same)),
             "max_abs_diff": {g: diffs[g][0] for g in GRAPHS}, "ref_max_abs": {g: diffs[g][1] for g in GRAPHS},
             "cpu": cpu_info().to_dict()}
 
@@ -309,21 +257,18 @@ def _methods(image_matmul: str) -> dict[str, str]:
             TEXT_ENCODER: transformer, DECODER_STEP: transformer}
 
 
-def _staged_backend(work: Path, manifest: Manifest, files: Mapping[str, Path]) -> OrtBackend:
+def _staged_backend(work: Path, manifest: Manifest, files: Mapping[str, Path]) -> Backend:
     """ORT sessions over the staged int8 files, each checked against the contract (check_io)."""
     entries = {g: GraphFile(files[g].name, sha256_file(files[g]), 0.0, 0.0) for g in GRAPHS}
-    staged = dataclasses.replace(manifest, graphs={INT8: entries})
-    backend = OrtBackend(work, staged, INT8, device="cpu")
-    for graph in GRAPHS:
-        try:
-            backend.session(graph)
-        except (ModelFolderError, ContractError) as e:
-            raise ExportError(f"int8 {graph}: {e}") from None
-    return backend
+    staged = ModelFolder(work, dataclasses.replace(manifest, graphs={INT8: entries}))
+    try:
+        return staged.backend(RuntimeOptions(device="cpu", precision=INT8), GRAPHS)
+    except (ModelFolderError, ContractError) as e:
+        raise ExportError(f"int8: {e}") from None
 
 
 def quantize_model(model_dir: Path, calibration: Path | None = None, *, pairs: int = CALIBRATION_PAIRS,
-                   validation: ValidationInputs | None = None, image_matmul: str = IMAGE_MATMUL,
+                   validation: GraphInputs | None = None, image_matmul: str = IMAGE_MATMUL,
                    overwrite: bool = False) -> QuantizeReport:
     """Add `<graph>_int8.onnx` for every graph of an exported model folder, graphs["int8"] (with
     sha256) and the `int8` record to its manifest; default_precision becomes/stays "fp32".
@@ -367,7 +312,9 @@ def quantize_model(model_dir: Path, calibration: Path | None = None, *, pairs: i
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ExportError(f"int8 {graph}: quantization failed: {first}") from e
         int8 = _staged_backend(work, manifest, files)
-        check = check_int8(OrtBackend(model_dir, manifest, FP32, device="cpu"), int8, manifest, validation)
+        folder = ModelFolder(model_dir, manifest)
+        fp32 = folder.backend(RuntimeOptions(device="cpu", precision=FP32))
+        check = check_int8(fp32, int8, folder, validation)
         entries = {g: GraphFile(int8_file(g), sha256_file(files[g]), check["max_abs_diff"][g],
                                 check["ref_max_abs"][g]) for g in GRAPHS}
         record = {"methods": _methods(image_matmul), "calibration": {"source": source, "pairs": len(before)},
@@ -387,91 +334,3 @@ def quantize_model(model_dir: Path, calibration: Path | None = None, *, pairs: i
                                     entries[g].max_abs_diff, entries[g].ref_max_abs) for g in GRAPHS),
         caption_agreement=check["caption_agreement"], check_pairs=check["pairs"], calibration_source=source,
         seconds=time.monotonic() - started)
-
-
-# --- the default precision ----------------------------------------------------------------------
-
-def _metric(metrics: Mapping[str, Any], path: Sequence[str], which: str) -> float:
-    value: Any = metrics
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            raise DataError(f"{which} metrics lack {'.'.join(path)}")
-        value = value[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise DataError(f"{which} metric {'.'.join(path)} is not a finite number: {value!r}")
-    return float(value)
-
-
-def compare_metrics(fp32: Mapping[str, Any], int8: Mapping[str, Any], margin: float = DEFAULT_MARGIN
-                    ) -> dict[str, Any]:
-    """Gate int8 on fp32: every captioning metric (CAPTION_METRICS) and retrieval R@1/5/10, on all
-    and on changed pairs, must not drop by more than `margin` relative to fp32 (a gain always
-    passes; an fp32 value of 0 passes trivially). Pure: metrics dicts in, a JSON-ready table out."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
-        raise DataError(f"margin must be a number in [0, 1), got {margin!r}")
-    paths = [("captioning", s, m) for s in GATED_SUBSETS for m in CAPTION_METRICS]
-    paths += [("retrieval", s, m) for s in GATED_SUBSETS for m in GATED_RETRIEVAL]
-    rows: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        a, b = _metric(fp32, path, FP32), _metric(int8, path, INT8)
-        rows[".".join(path)] = {FP32: a, INT8: b, "relative": (b - a) / a if a else 0.0,
-                                "ok": b >= a * (1.0 - margin) - 1e-12}
-    return {"margin": margin, "passed": all(r["ok"] for r in rows.values()), "metrics": rows}
-
-
-@dataclass(frozen=True)
-class DefaultChoice:
-    precision: str  # the default precision now recorded in the manifest
-    comparison: dict[str, Any]  # compare_metrics(...) plus split, data, beam, caption agreement
-    metrics: dict[str, dict[str, Any]]  # precision -> the full evaluation report
-
-    def to_dict(self) -> dict[str, Any]:
-        """The precision chosen and the comparison behind it (the full reports left out)."""
-        return {"precision": self.precision, **self.comparison}
-
-    def lines(self) -> list[str]:
-        c = self.comparison
-        rows = [f"int8 vs fp32 on {c['data']} ({c['split']}, {c['pairs']} pairs, beam {c['beam']}): "
-                f"{c['caption_agreement']:.1%} identical captions"]
-        for name, r in c["metrics"].items():
-            flag = "" if r["ok"] else f"  <- more than {c['margin']:.0%} below fp32"
-            rows.append(f"  {name:30} fp32 {r[FP32]:.4f}  int8 {r[INT8]:.4f}  ({r['relative']:+.2%}){flag}")
-        rows.append(f"default precision: {self.precision}")
-        return rows
-
-
-def _captions(predictions_file: str) -> dict[int, str]:
-    with open(predictions_file) as f:
-        return {row["imgid"]: row["caption"] for row in map(json.loads, f)}
-
-
-def choose_default(model_dir: Path, data_dir: Path, split: str = "test", *, beam: int = 3,
-                   batch_size: int = 16, threads: int | None = None, margin: float = DEFAULT_MARGIN,
-                   progress: bool = False) -> DefaultChoice:
-    """Evaluate fp32 and int8 of a model folder on `split` (ONNX Runtime CPU) and make int8 the
-    default precision only if `compare_metrics` passes; the comparison is recorded in the
-    manifest (int8.default_choice, atomic rewrite) whatever the outcome."""
-    model_dir = Path(model_dir)
-    manifest = load_manifest(model_dir)
-    if INT8 not in manifest.graphs or FP32 not in manifest.graphs:
-        raise ModelFolderError(f"{model_dir} needs fp32 and int8 graphs to choose between "
-                               f"(has: {', '.join(manifest.graphs)}); export with --int8")
-    metrics: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="rsicrc-choose-") as tmp, CaptionScorer() as scorer:
-        for precision in (FP32, INT8):
-            opts = EvalOptions(data=Path(data_dir), split=split, beam=beam, batch_size=batch_size,
-                               device="cpu", out=Path(tmp) / f"{precision}.json", progress=progress,
-                               precision=precision, threads=threads)
-            metrics[precision] = evaluate_model_folder(model_dir, opts, scorer)
-        caps = {p: _captions(metrics[p]["predictions"]) for p in (FP32, INT8)}
-    same = [caps[INT8].get(k) == v for k, v in caps[FP32].items()]
-    comparison = {"split": split, "data": str(data_dir), "beam": beam, "pairs": len(same),
-                  "caption_agreement": float(np.mean(same)),
-                  **compare_metrics(metrics[FP32], metrics[INT8], margin)}
-    chosen = INT8 if comparison["passed"] else FP32
-    current = load_manifest(model_dir)
-    record = {**(current.int8 or {}), "default_choice": {**comparison, "chosen": chosen}}
-    write_manifest(model_dir, dataclasses.replace(current, default_precision=chosen, int8=record))
-    for m in metrics.values():
-        m.pop("predictions", None)  # the files were temporary
-    return DefaultChoice(chosen, comparison, metrics)

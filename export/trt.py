@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsicrc.checks import positive_int
 from rsicrc.errors import ConfigError, ContractError, DependencyError, ExportError
 from rsicrc.export.fp16 import convert_to_fp16, fp32_tensor_names
+from rsicrc.files import write_atomic
 from rsicrc.runtime.contract import BATCH, DECODER_STEP, GRAPHS, SEQ, TEXT_ENCODER, Dims, GraphSpec
+from rsicrc.runtime.cuda import CudaRuntime
 from rsicrc.runtime.manifest import (
     ENGINE_DIR,
     ENGINE_PRECISIONS,
@@ -37,10 +39,9 @@ from rsicrc.runtime.manifest import (
     load_manifest,
     write_manifest,
 )
-from rsicrc.runtime.trt_backend import (
-    CudaRuntime,
+from rsicrc.runtime.trt_backend import current_machine
+from rsicrc.runtime.trt_records import (
     MachineInfo,
-    current_machine,
     engine_key,
     engine_problem,
     find_engine,
@@ -64,9 +65,7 @@ class ProfileOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "opt_batch", "max_beam", "opt_beam", "opt_seq"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.opt_batch > self.max_batch or self.opt_beam > self.max_beam:
             raise ConfigError("opt_batch/opt_beam must not exceed max_batch/max_beam")
 
@@ -123,19 +122,6 @@ def features_for(version: str, strongly_typed: bool = False) -> TrtFeatures:
 
 
 # --- files -------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write beside `path` under a temporary name, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def timing_cache_name(machine: MachineInfo) -> str:
     """One timing cache per TensorRT version and GPU (a cache is only valid there)."""
@@ -307,8 +293,8 @@ def build_engines(model_dir: Path, options: BuildOptions = BuildOptions()) -> Bu
             plan, cache = _serialize(trt, onnx_path, profiles[graph], fp16_mode, options, features, cache,
                                      fp32_tensors)
         file = engine_file_name(graph, options.precision, key)
-        atomic_write_bytes(engine_dir / file, plan)
-        atomic_write_bytes(cache_path, cache)
+        write_atomic(engine_dir / file, plan)
+        write_atomic(cache_path, cache)
         record = EngineRecord(graph=graph, precision=options.precision, file=file,
                               sha256=hashlib.sha256(plan).hexdigest(), key=key, tensorrt=machine.tensorrt,
                               gpu=machine.gpu, compute_capability=machine.compute_capability,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ import torch
 
 from rsicrc.config import Config, config_from_dict
 from rsicrc.errors import CheckpointError, RsicrcError
+from rsicrc.files import CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, write_json_atomic
 from rsicrc.model import RSICRC
 from rsicrc.vocab import Vocabulary
 
-WEIGHTS, CONFIG, VOCAB, META = "model.safetensors", "config.json", "vocab.json", "training.json"
+WEIGHTS, CONFIG, VOCAB, META = CHECKPOINT_WEIGHTS, CHECKPOINT_CONFIG, "vocab.json", "training.json"
 RESUME_DIR = "resume"
 
 
@@ -39,20 +39,6 @@ class Checkpoint:
 
 def is_checkpoint_dir(path: Path) -> bool:
     return (Path(path) / WEIGHTS).is_file() and (Path(path) / CONFIG).is_file()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename (never a half-written file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_weights(model: RSICRC, path: Path) -> None:

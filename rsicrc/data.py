@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from rsicrc.levircc import PairRecord
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.preprocess import PreprocessSpec, preprocess
-from rsicrc.vocab import PAD, Vocabulary
+from rsicrc.vocab import Vocabulary, pad_ids, text_batch
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,12 @@ class PairDataset(Dataset):
 
 
 def collate(items: list[tuple[np.ndarray, np.ndarray, list[int], int, str, int]]) -> Batch:
-    longest = max(len(it[2]) for it in items)
-    tokens = torch.full((len(items), longest), PAD, dtype=torch.int64)
-    for i, it in enumerate(items):
-        tokens[i, : len(it[2])] = torch.tensor(it[2])
+    tokens, mask = pad_ids([it[2] for it in items])
     return Batch(
         before=torch.from_numpy(np.stack([it[0] for it in items])),
         after=torch.from_numpy(np.stack([it[1] for it in items])),
-        tokens=tokens,
-        lengths=torch.tensor([len(it[2]) for it in items], dtype=torch.int64),
+        tokens=torch.from_numpy(tokens),
+        lengths=torch.from_numpy(mask.sum(axis=1)),
         labels=torch.tensor([it[3] for it in items], dtype=torch.int64),
         captions=[it[4] for it in items],
         imgids=[it[5] for it in items],
@@ -94,10 +91,6 @@ def collate(items: list[tuple[np.ndarray, np.ndarray, list[int], int, str, int]]
 
 def encode_captions(vocab: Vocabulary, captions: Sequence[Sequence[str]],
                     max_len: int) -> tuple[Tensor, Tensor]:
-    """Token lists -> padded ids [B, L] and lengths [B] (text-encoder input)."""
-    ids = [vocab.encode(c, max_len) for c in captions]
-    longest = max(len(i) for i in ids)
-    tokens = torch.full((len(ids), longest), PAD, dtype=torch.int64)
-    for row, i in enumerate(ids):
-        tokens[row, : len(i)] = torch.tensor(i)
-    return tokens, torch.tensor([len(i) for i in ids], dtype=torch.int64)
+    """Token lists -> padded ids [B, L] and lengths [B] (text-encoder input; `text_batch`'s ids)."""
+    ids, mask = text_batch(vocab, captions, max_len)
+    return torch.from_numpy(ids), torch.from_numpy(mask.sum(axis=1))

@@ -1,8 +1,7 @@
-"""The PyTorch reference decoder: the model behind the shared beam search's step seam.
-
-The search loop itself lives in `rsicrc.runtime.decoding` (numpy) and is the same one the
-ONNX Runtime / TensorRT backends drive, so parity tests compare model numerics, not two
-search implementations.
+"""The PyTorch reference model behind the runtime's captioning seams: `TorchCaptionModel` is a
+CaptionModel (encoder + step-wise decoder), so PyTorch captions through the same CaptionTask and
+the same numpy beam search as the exported graphs, and parity tests compare model numerics, not
+two search implementations.
 """
 
 from __future__ import annotations
@@ -13,7 +12,9 @@ from torch import Tensor
 
 from rsicrc.model import RSICRC
 from rsicrc.model.decoder import Cache
-from rsicrc.runtime.decoding import DecodeResult, DecodingOptions, beam_search
+from rsicrc.runtime.decoding import DecodeResult, DecodingOptions
+from rsicrc.runtime.task import CaptionTask, Encoded
+from rsicrc.vocab import END, START
 
 
 class TorchStepModel:
@@ -41,13 +42,34 @@ class TorchStepModel:
         self.cache = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.cache]
 
 
+class TorchCaptionModel:
+    """The PyTorch model as a CaptionModel; its decoder state is the cross K/V per multimodal layer."""
+
+    def __init__(self, model: RSICRC) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, before: np.ndarray | Tensor, after: np.ndarray | Tensor) -> Encoded:
+        b, a = (torch.as_tensor(x).to(self.device) for x in (before, after))  # [B, 3, S, S]
+        _, visual, cross_kv = self.model.encode_images(b, a)
+        return Encoded(visual.float().cpu().numpy(), cross_kv)  # visual [B, C]
+
+    def step_model(self, state: Cache, beams: int) -> TorchStepModel:
+        return TorchStepModel(self.model, state, beams)
+
+
+def caption_task(model: RSICRC) -> CaptionTask:
+    """The CaptionTask over a PyTorch model (special ids of rsicrc.vocab, the model's max_len)."""
+    return CaptionTask(TorchCaptionModel(model), START, END, model.cfg.max_len)
+
+
 @torch.no_grad()
 def generate(model: RSICRC, before: Tensor, after: Tensor,
              options: DecodingOptions) -> tuple[list[DecodeResult], Tensor]:
     """Caption a batch of pairs. before/after [B, 3, S, S] -> results and visual embeddings [B, C]."""
-    _, visual, cross_kv = model.encode_images(before, after)
-    seam = TorchStepModel(model, cross_kv, options.beam_size)
-    return beam_search(seam, before.shape[0], options), visual
+    captioned = caption_task(model).run(before, after, options)
+    return captioned.results, torch.from_numpy(captioned.visual)
 
 
 def decoding_options(model: RSICRC, beam: int, **kwargs: float | int | bool) -> DecodingOptions:

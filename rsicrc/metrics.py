@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from rsicrc.checks import is_int
 from rsicrc.errors import ConfigError, DataError, DependencyError
 from rsicrc.levircc import NO_CHANGE_SENTENCES, PairRecord
 from rsicrc.textsim import CaptionMatcher
@@ -267,8 +268,7 @@ def retrieval_metrics(similarity: np.ndarray, relevant: np.ndarray,
     Ranking is by descending similarity, ties to the lower candidate index. P@k divides by k
     even when k exceeds the number of candidates. Every query needs a relevant candidate.
     """
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
-                     for k in ks) or len(set(ks)) != len(ks):
+    if not ks or any(not is_int(k) or k < 1 for k in ks) or len(set(ks)) != len(ks):
         raise ConfigError(f"ks must be distinct positive integers, got {list(ks)}")
     sim = np.asarray(similarity, dtype=np.float64)
     rel = np.asarray(relevant, dtype=bool)

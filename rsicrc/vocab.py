@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from rsicrc.errors import VocabularyError
 
 PAD, START, UNK, END = 0, 1, 2, 3
@@ -110,3 +112,21 @@ class Vocabulary:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise VocabularyError(f"cannot read vocabulary {path}: {e}") from None
+
+
+def pad_ids(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Id lists -> ids int64 [B, L] PAD-padded to the longest, and mask int64 [B, L] (1 on ids)."""
+    longest = max((len(i) for i in ids), default=2)
+    tokens = np.full((len(ids), longest), PAD, dtype=np.int64)  # [B, L]
+    mask = np.zeros((len(ids), longest), dtype=np.int64)  # [B, L]
+    for row, i in enumerate(ids):
+        tokens[row, : len(i)], mask[row, : len(i)] = i, 1
+    return tokens, mask
+
+
+def text_batch(vocab: Vocabulary, captions: Sequence[Sequence[str]], max_len: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> the text encoder's inputs: ids int64 [B, L] ([START, words, END], PAD-padded
+    to the longest) and attention mask int64 [B, L] (1 up to and including END). The one place
+    captions become text-encoder inputs (training, export validation, the runtime)."""
+    return pad_ids([vocab.encode(list(c), max_len) for c in captions])

@@ -1,36 +1,33 @@
 """Inference backends behind one small interface: numpy in, numpy out, by tensor name (DESIGN §7).
 
+    open_backend(folder, options) -> OrtBackend | TrtBackend   (options.engine picks)
+
 `OrtBackend` runs the exported graphs with ONNX Runtime: the CPU execution provider with
 every graph optimization, or the CUDA provider where onnxruntime-gpu can really use a GPU.
-Each graph gets one session, created on first use and checked against the manifest's graph
-contract before it runs anything. The decoder step goes through `BoundDecoderStep` (IO
-binding), which keeps the self-attention caches in preallocated buffers (on the GPU under
-CUDA) instead of new host arrays every step.
-Torch-free.
+Each graph gets one session, created on first use (its file hashed against the manifest by the
+ModelFolder) and checked against the manifest's graph contract before it runs anything. The
+decoder step goes through `BoundDecoderStep` (IO binding), which keeps the self-attention caches
+in preallocated buffers (on the GPU under CUDA) instead of new host arrays every step.
+Torch-free; ONNX Runtime and TensorRT are imported lazily.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rsicrc.errors import ConfigError, DependencyError, DeviceError, ModelFolderError
-from rsicrc.runtime.contract import (
-    DECODER_STEP,
-    GRAPHS,
-    INPUT_IDS,
-    LOGITS,
-    STEP,
-    check_io,
-    past_names,
-    present_names,
-)
+from rsicrc.errors import DependencyError, DeviceError, ModelFolderError
+from rsicrc.runtime.contract import DECODER_STEP, INPUT_IDS, LOGITS, STEP, check_io, past_names, present_names
+from rsicrc.runtime.decoding import StepModel
 from rsicrc.runtime.manifest import Manifest
+from rsicrc.runtime.options import RuntimeOptions
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+if TYPE_CHECKING:
+    from rsicrc.runtime.model_folder import ModelFolder
+
 CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 # ONNX Runtime's type strings -> the contract's dtype names.
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
@@ -38,11 +35,31 @@ _QUIET = 3  # ORT log severity "error": no provider-fallback warnings on stderr
 
 
 class Backend(Protocol):
-    """Runs one exported graph on named numpy inputs and returns its outputs by name."""
+    """Runs the exported graphs of one precision on named numpy inputs, outputs by name."""
 
     device: str  # "cpu" | "cuda": where the graphs actually run
+    precision: str  # the graphs' precision: fp32 | int8 | fp16
 
-    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def session(self, graph: str) -> Any:
+        """Load (and check against the contract) the graph now; later calls reuse it."""
+        ...
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def bound_decoder(self, cross: Mapping[str, np.ndarray]) -> StepModel:
+        """The decoder step for rows already tiled by beam (cross K/V [R, H, N, dh]), its
+        self-attention caches kept where the graphs run."""
+        ...
+
+
+def open_backend(folder: ModelFolder, options: RuntimeOptions) -> Backend:
+    """The backend `options.engine` names, for `options.precision` (already resolved by
+    ModelFolder.resolve); TensorRT is imported only when asked for."""
+    if options.engine == "trt":
+        from rsicrc.runtime.trt_backend import TrtBackend
+
+        return TrtBackend(folder, options)
+    return OrtBackend(folder, options)
 
 
 def import_onnxruntime() -> Any:
@@ -56,7 +73,7 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _io_signature(args: list[Any]) -> list[tuple[str, str, list[Any]]]:
+def io_signature(args: list[Any]) -> list[tuple[str, str, list[Any]]]:
     """(name, contract dtype, shape) of ORT NodeArgs; unknown types are kept verbatim."""
     return [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
 
@@ -77,27 +94,19 @@ def session_options(ort: Any, threads: int | None) -> Any:
 class OrtBackend:
     """ONNX Runtime sessions for one precision of an exported model folder."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, precision: str = "fp32",
-                 device: str = "auto", threads: int | None = None) -> None:
-        if device not in DEVICES:
-            raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):
-            raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
-        if precision not in manifest.graphs:
-            raise ModelFolderError(
-                f"{model_dir} has no {precision!r} graphs; available precisions: "
-                f"{', '.join(sorted(manifest.graphs))}"
-            )
-        self.model_dir = Path(model_dir)
-        self.manifest = manifest
-        self.precision = precision
-        self.threads = threads
+    def __init__(self, folder: ModelFolder, options: RuntimeOptions) -> None:
+        self.folder = folder
+        self.precision = folder.precision(options.precision)
+        self.threads = options.threads
         self._ort = import_onnxruntime()
         self._sessions: dict[str, Any] = {}
         self.device = "cpu"
-        if device in ("auto", "cuda"):
-            self._probe_cuda(required=device == "cuda")
+        if options.device in ("auto", "cuda"):
+            self._probe_cuda(required=options.device == "cuda")
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.folder.manifest
 
     def _probe_cuda(self, required: bool) -> None:
         """Use CUDA only if a real session gets the CUDA provider; `cuda` fails loudly otherwise.
@@ -126,12 +135,8 @@ class OrtBackend:
                               "install onnxruntime-gpu and check the GPU, or use --device cpu")
 
     def graph_path(self, graph: str) -> Path:
-        if graph not in GRAPHS:
-            raise ConfigError(f"unknown graph {graph!r}; choose one of: {', '.join(GRAPHS)}")
-        files = self.manifest.graphs[self.precision]
-        if graph not in files:
-            raise ModelFolderError(f"{self.model_dir}: the manifest lists no {self.precision} {graph} graph")
-        return self.model_dir / files[graph].file
+        """The graph's file (hashed against the manifest on first use)."""
+        return self.folder.graph_file(self.precision, graph)
 
     def _create(self, graph: str) -> Any:
         """A new session for `graph`, its IO checked against the manifest contract."""
@@ -148,8 +153,8 @@ class OrtBackend:
             raise ModelFolderError(f"{path}: ONNX Runtime cannot load this graph ({reason})") from None
         spec = self.manifest.contract.get(graph)
         if spec is None:
-            raise ModelFolderError(f"{self.model_dir}: the manifest's graph contract has no {graph}")
-        check_io(spec, str(path), _io_signature(session.get_inputs()), _io_signature(session.get_outputs()))
+            raise ModelFolderError(f"{self.folder.path}: the manifest's graph contract has no {graph}")
+        check_io(spec, str(path), io_signature(session.get_inputs()), io_signature(session.get_outputs()))
         return session
 
     def session(self, graph: str) -> Any:
@@ -158,7 +163,7 @@ class OrtBackend:
             self._sessions[graph] = self._create(graph)
         return self._sessions[graph]
 
-    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.session(graph)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, inputs), strict=True))

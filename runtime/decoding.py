@@ -47,6 +47,7 @@ from typing import Protocol
 
 import numpy as np
 
+from rsicrc.checks import positive_int
 from rsicrc.errors import ConfigError
 from rsicrc.vocab import END, START
 
@@ -77,14 +78,8 @@ class DecodingOptions:
     ignore_eos: bool = False  # benchmarks: never emit END, always generate exactly max_tokens
 
     def __post_init__(self) -> None:
-        if isinstance(self.beam_size, bool) or not isinstance(self.beam_size, int):
-            raise ConfigError(f"beam_size must be an integer >= 1, got {self.beam_size!r}")
-        if self.beam_size < 1:
-            raise ConfigError(f"beam_size must be >= 1 (1 = greedy), got {self.beam_size}")
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
-            raise ConfigError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if self.max_tokens < 1:
-            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        positive_int(self.beam_size, "beam_size (1 = greedy)")
+        positive_int(self.max_tokens, "max_tokens")
         if not (math.isfinite(self.patience) and self.patience > 0):
             raise ConfigError(f"patience must be a finite number > 0, got {self.patience}")
         if not (math.isfinite(self.length_penalty) and self.length_penalty >= 0):
@@ -182,8 +177,7 @@ def beam_search(
     The model must already hold batch * K rows (pair b's inputs tiled on rows b*K .. b*K+K-1).
     The algorithm is spelt out in the module docstring.
     """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch must be an integer >= 1, got {batch!r}")
+    positive_int(batch, "batch")
     beams = options.beam_size
     max_tokens = options.max_tokens
     needed = options.finished_needed

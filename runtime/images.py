@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from rsicrc.checks import is_int
 from rsicrc.errors import DependencyError, ImageError
 
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})  # always read with rasterio
@@ -74,7 +75,7 @@ def _check_bands(bands: Sequence[int] | None, shown: str) -> tuple[int, ...] | N
         return None
     out = tuple(bands)
     ok = len(out) in (1, 3) and all(
-        isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b >= 1 for b in out
+        is_int(b) and b >= 1 for b in out
     )
     if not ok:
         raise _fail(shown, f"bands must name 1 or 3 band numbers counted from 1, got {out!r}")

@@ -14,19 +14,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from rsicrc.errors import ModelFolderError, RsicrcError
+from rsicrc.files import MANIFEST_FILE, write_atomic
 from rsicrc.runtime.contract import GRAPHS, Dims, GraphSpec, contract, contract_from_dict, contract_to_dict
 from rsicrc.runtime.preprocess import PreprocessSpec
 from rsicrc.vocab import END, PAD, START, UNK, Vocabulary
 
 FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 SPECIAL_IDS: dict[str, int] = {"pad": PAD, "start": START, "unk": UNK, "end": END}
 PRECISIONS: tuple[str, ...] = ("fp32", "int8", "fp16")
 
@@ -307,17 +306,8 @@ def sha256_file(path: Path) -> str:
 
 def write_manifest(model_dir: Path, manifest: Manifest) -> None:
     """Write MODEL_DIR/manifest.json atomically (temp file in the folder, then rename)."""
-    model_dir = Path(model_dir)
     text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{MANIFEST_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the manifest is as readable as the graphs
-        os.replace(tmp, model_dir / MANIFEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(model_dir) / MANIFEST_FILE, text)
 
 
 def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:

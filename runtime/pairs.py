@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from rsicrc.errors import ConfigError, DataError
+import numpy as np
+
+from rsicrc.checks import positive_int
+from rsicrc.errors import DataError
+from rsicrc.files import write_atomic
 from rsicrc.levircc import ANNOTATION_FILE, LevirCC
 from rsicrc.runtime.captioner import Captioner
 from rsicrc.runtime.decoding import DecodingOptions
 from rsicrc.runtime.images import read_pair
+from rsicrc.runtime.model_folder import ModelFolder
+from rsicrc.runtime.options import RuntimeOptions
 
 SHOWN = 3  # how many offending entries an error message lists
 _FORMS = ("a folder with A/ and B/ subfolders, a LEVIR-CC folder (with LevirCCcaptions.json) "
@@ -130,9 +135,17 @@ def list_pairs(source: Path, split: str | None = None) -> list[PairItem]:
     raise DataError(f"cannot list pairs from {source}; give {_FORMS}")
 
 
+def read_item(ident: str, before: Path, after: Path, bands: Sequence[int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """read_pair, with the pair's id in front of any error (one of many pairs failed: which?)."""
+    try:
+        return read_pair(before, after, bands)
+    except DataError as e:
+        raise type(e)(f"pair {ident}: {e}") from None
+
+
 def _check_run(out: Path, batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    positive_int(batch_size, "batch size")
     if not Path(out).parent.is_dir():
         raise DataError(f"output folder does not exist: {Path(out).parent}")
     if Path(out).is_dir():
@@ -144,40 +157,31 @@ def caption_to_jsonl(captioner: Captioner, items: Sequence[PairItem], out: Path,
     """Caption `items` in batches into `out`, one JSON object per line (id, before, after,
     caption, score). Written to a temporary file renamed at the end: a failure leaves no `out`."""
     _check_run(out, batch_size)
-    out = Path(out)
     from tqdm import tqdm
 
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f, tqdm(total=len(items), unit="pair", file=sys.stderr,
-                                           disable=not progress, desc="captioning") as bar:
+    def write(f: BinaryIO) -> None:
+        with tqdm(total=len(items), unit="pair", file=sys.stderr, disable=not progress,
+                  desc="captioning") as bar:
             for start in range(0, len(items), batch_size):
                 batch = items[start: start + batch_size]
-                arrays = []
-                for item in batch:
-                    try:
-                        arrays.append(read_pair(item.before, item.after, bands))
-                    except DataError as e:
-                        raise type(e)(f"pair {item.id}: {e}") from None
+                arrays = [read_item(i.id, i.before, i.after, bands) for i in batch]
                 results = captioner.caption_arrays([a[0] for a in arrays], [a[1] for a in arrays], options)
                 for item, result in zip(batch, results, strict=True):
-                    f.write(json.dumps({"id": item.id, "before": str(item.before), "after": str(item.after),
-                                        "caption": result.caption, "score": result.score}) + "\n")
+                    line = {"id": item.id, "before": str(item.before), "after": str(item.after),
+                            "caption": result.caption, "score": result.score}
+                    f.write((json.dumps(line) + "\n").encode("utf-8"))
                 bar.update(len(batch))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(Path(out), write)
     return len(items)
 
 
-def caption_pairs(source: Path, out: Path, options: DecodingOptions, split: str | None = None,
-                  model_dir: Path | None = None, device: str = "auto", precision: str | None = None,
-                  threads: int | None = None, batch_size: int = 8, bands: Sequence[int] | None = None,
-                  progress: bool = True, backend: str = "onnxruntime") -> int:
+def caption_pairs(source: Path, out: Path, options: DecodingOptions, model_dir: Path | None = None,
+                  runtime: RuntimeOptions = RuntimeOptions(), split: str | None = None, batch_size: int = 8,
+                  bands: Sequence[int] | None = None, progress: bool = True) -> int:
     """List the pairs of `source`, load the model and caption them all into `out` (JSONL).
     Returns the number of pairs written. The listing is checked before the model loads."""
     items = list_pairs(source, split)
     _check_run(out, batch_size)
-    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads, backend=backend)
+    captioner = Captioner(ModelFolder.open(model_dir), runtime)
     return caption_to_jsonl(captioner, items, out, options, batch_size, bands, progress)

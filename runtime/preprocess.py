@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from rsicrc.checks import positive_int
 from rsicrc.errors import ConfigError, ImageError
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -56,8 +57,7 @@ class PreprocessSpec:
     resample: str = "bicubic"  # Pillow filter name, one of RESAMPLE_FILTERS
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ConfigError(f"preprocessing size must be a positive integer, got {self.size!r}")
+        positive_int(self.size, "preprocessing size")
         object.__setattr__(self, "mean", _triple("mean", self.mean, positive=False))
         object.__setattr__(self, "std", _triple("std", self.std, positive=True))
         if self.resample not in RESAMPLE_FILTERS:

@@ -35,37 +35,28 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rsicrc.errors import ConfigError, DataError, DependencyError, IndexFolderError, ModelFolderError
+from rsicrc.checks import one_of, positive_int
+from rsicrc.errors import ConfigError, DataError, DependencyError, IndexFolderError
 from rsicrc.levircc import ANNOTATION_FILE, LevirCC
 from rsicrc.runtime import onnx_proto
-from rsicrc.runtime.backend import OrtBackend, import_onnxruntime, session_options
-from rsicrc.runtime.captioner import Captioner, resolve_model_dir
-from rsicrc.runtime.contract import TEXT_ENCODER
-from rsicrc.runtime.images import read_pair
-from rsicrc.runtime.index import (
-    DEFAULT_COMMIT_ROWS,
-    INDEX_FILE,
-    Entry,
-    IndexWriter,
-    StoredIndex,
-    model_identity,
-    normalize_rows,
-    open_index,
-    read_header,
-)
-from rsicrc.runtime.manifest import MANIFEST_FILE, Manifest, default_model_dir, load_manifest, sha256_file
-from rsicrc.runtime.pairs import list_pairs
+from rsicrc.runtime.backend import import_onnxruntime, session_options
+from rsicrc.runtime.encoders import ImageEncoder, TextEncoder
+from rsicrc.runtime.index import DEFAULT_COMMIT_ROWS, IndexWriter, StoredIndex, normalize_rows, open_index
+from rsicrc.runtime.index_format import INDEX_FILE, Entry, model_identity, read_header
+from rsicrc.runtime.manifest import MANIFEST_FILE, default_model_dir
+from rsicrc.runtime.model_folder import ModelFolder
+from rsicrc.runtime.options import RuntimeOptions
+from rsicrc.runtime.pairs import list_pairs, read_item
 from rsicrc.vocab import tokenize
 
-BACKENDS: tuple[str, ...] = ("exact", "quantized", "faiss")
+SEARCHES: tuple[str, ...] = ("exact", "quantized", "faiss")  # how the stored rows are searched
 DEFAULT_TOP_K = 10
 # float32 bytes of stored rows per matrix product: 16 MiB lets BLAS use every core and keeps the
 # per-chunk overhead small (idle 2-core machine, 1M x 128 / 100k x 2048: 2-2.5x faster than 1 MiB).
@@ -78,9 +69,7 @@ TopRows = tuple[np.ndarray, np.ndarray]  # scores float32 [q, k], rows int64 [q,
 
 
 def check_top_k(top_k: Any) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ConfigError(f"top-k must be an integer >= 1, got {top_k!r}")
-    return int(top_k)
+    return positive_int(top_k, "top-k")
 
 
 def check_queries(queries: Any, dim: int) -> np.ndarray:
@@ -202,27 +191,6 @@ class FaissSearch:
         return scores, rows.astype(np.int64)
 
 
-class QueryEncoder(Captioner):
-    """The Captioner's text side alone: only the text-encoder graph is loaded (the paper model's
-    image encoder and decoder would cost seconds and gigabytes a search does not need). It reuses
-    Captioner.encode_texts/embed_text, so queries are tokenized exactly as captions are."""
-
-    def __init__(self, model_dir: Path, manifest: Manifest, precision: str, device: str = "auto",
-                 threads: int | None = None, verify: bool = True) -> None:
-        # Deliberately not Captioner.__init__, which also loads the image encoder and decoder.
-        start = time.perf_counter()
-        self.model_dir, self.manifest, self.precision = Path(model_dir), manifest, precision
-        self.vocab = manifest.vocabulary()
-        self.backend = OrtBackend(self.model_dir, manifest, precision, device, threads)
-        path = self.model_dir / manifest.graphs[precision][TEXT_ENCODER].file
-        if verify and sha256_file(path) != manifest.graphs[precision][TEXT_ENCODER].sha256:
-            raise ModelFolderError(f"{path}: sha256 differs from the manifest (file changed after export); "
-                                   "re-export the model")
-        self.backend.session(TEXT_ENCODER)
-        self.special = {k: self._special(k) for k in ("pad", "start", "end")}
-        self.load_ms = (time.perf_counter() - start) * 1000.0
-
-
 @dataclass(frozen=True)
 class Hit:
     """One search result."""
@@ -242,34 +210,33 @@ class Hit:
 class Retriever:
     """An index folder and the model that made it, loaded once, answering text queries."""
 
-    def __init__(self, index_dir: Path, model_dir: Path | None = None, device: str = "auto",
-                 backend: str = "exact", threads: int | None = None, verify: bool = True) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    def __init__(self, index_dir: Path, model_dir: Path | None = None,
+                 runtime: RuntimeOptions = RuntimeOptions(), search: str = "exact",
+                 verify: bool = True) -> None:
+        one_of(search, SEARCHES, "search")
         self.index = open_index(index_dir, verify)
         stored = self.index.model
         if model_dir is None:
             recorded = Path(stored.model_dir)
             model_dir = recorded if (recorded / MANIFEST_FILE).is_file() else default_model_dir()
-        path = resolve_model_dir(model_dir)
-        manifest = load_manifest(path, verify=False)  # the graph that runs is hashed by QueryEncoder
-        if stored.precision not in manifest.graphs:
-            raise IndexFolderError(f"{index_dir} was made with {stored.precision} graphs, which {path} "
-                                   f"does not have ({', '.join(sorted(manifest.graphs))}); use the model "
-                                   "that built it")
-        ours = model_identity(path, manifest, stored.precision)
+        folder = ModelFolder.open(model_dir)
+        if stored.precision not in folder.manifest.graphs:
+            have = ", ".join(sorted(folder.manifest.graphs))
+            raise IndexFolderError(f"{index_dir} was made with {stored.precision} graphs, which "
+                                   f"{folder.path} does not have ({have}); use the model that built it")
+        ours = model_identity(folder.path, folder.manifest, stored.precision)
         if not ours.same_model(stored):
             raise IndexFolderError(f"{index_dir} was made with another model ({stored.describe()}), not "
                                    f"{ours.describe()}; search with that model or index again with this one")
-        self.encoder = QueryEncoder(path, manifest, stored.precision, device, threads, verify)
-        self.backend = backend
-        self._search = self._searcher(backend, threads)
+        self.encoder = TextEncoder(folder, replace(runtime, precision=stored.precision))  # the index's
+        self.search_kind = search
+        self._search = self._searcher(search, runtime.threads)
 
-    def _searcher(self, backend: str, threads: int | None) -> Callable[[np.ndarray, int], TopRows]:
-        """The backend's search(queries [q, C], top_k) -> (scores, rows); built here, once."""
-        if backend == "faiss":
+    def _searcher(self, search: str, threads: int | None) -> Callable[[np.ndarray, int], TopRows]:
+        """The search(queries [q, C], top_k) -> (scores, rows) of its kind; built here, once."""
+        if search == "faiss":
             return FaissSearch(self.index).search
-        if backend == "quantized":
+        if search == "quantized":
             from rsicrc.runtime.scan import QuantizedScan
 
             return QuantizedScan(self.index, caster(self.index, threads), threads).search
@@ -280,7 +247,7 @@ class Retriever:
 
     def unknown_words(self, queries: Sequence[str]) -> list[list[str]]:
         """Per query, its words that are not in the model's vocabulary (they become UNK)."""
-        return [self.encoder.vocab.unknown_words(tokenize(q)) for q in queries]
+        return [self.encoder.model.vocab.unknown_words(tokenize(q)) for q in queries]
 
     def embed(self, queries: Sequence[str]) -> np.ndarray:
         """L2-normalised query embeddings float32 [q, C]."""
@@ -288,7 +255,7 @@ class Retriever:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not tokenize(text):
                 raise ConfigError(f"query {i + 1} has no words: {text!r}")
-        return normalize_rows(self.encoder.embed_text(texts))
+        return normalize_rows(self.encoder.embed(texts))
 
     def search(self, queries: Sequence[str], top_k: int = DEFAULT_TOP_K, warn: bool = True
                ) -> list[list[Hit]]:
@@ -303,7 +270,7 @@ class Retriever:
 
     def warnings(self, queries: Sequence[str]) -> list[str]:
         """One line per query with unknown words or more words than the model reads."""
-        limit = self.encoder.manifest.max_len - 2
+        limit = self.encoder.model.max_len - 2
         lines = []
         for i, (text, unknown) in enumerate(zip(queries, self.unknown_words(queries), strict=True)):
             label = f"query {i + 1}" if len(queries) > 1 else "the query"
@@ -354,37 +321,32 @@ def _entries(source: Path, split: str | None) -> list[Entry]:
             for i in items]
 
 
-def index_pairs(source: Path, index_dir: Path, model_dir: Path | None = None, split: str | None = None,
-                batch_size: int = 8, dtype: str | None = None, device: str = "auto",
-                precision: str | None = None, threads: int | None = None,
-                bands: Sequence[int] | None = None, commit_every: int = DEFAULT_COMMIT_ROWS,
-                progress: bool = True) -> IndexReport:
+def index_pairs(source: Path, index_dir: Path, model_dir: Path | None = None,
+                runtime: RuntimeOptions = RuntimeOptions(), split: str | None = None, batch_size: int = 8,
+                dtype: str | None = None, bands: Sequence[int] | None = None,
+                commit_every: int = DEFAULT_COMMIT_ROWS, progress: bool = True) -> IndexReport:
     """Embed the pairs of `source` (a LEVIR-CC folder, a folder with A/ and B/, or a CSV) into the
     index folder, creating it or appending: ids already committed are skipped (resume), every
-    `commit_every` pairs are committed. The listing is checked before the model loads."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    `commit_every` pairs are committed. The listing is checked before the model loads; only the
+    image encoder is loaded."""
+    positive_int(batch_size, "batch size")
     entries = _entries(source, split)
     index_dir = Path(index_dir)
-    if precision is None and (index_dir / INDEX_FILE).is_file():
-        precision = read_header(index_dir).model.precision  # append with what made the index
-    captioner = Captioner(model_dir, device=device, precision=precision, threads=threads)
-    identity = model_identity(captioner.model_dir, captioner.manifest, captioner.precision)
+    if runtime.precision is None and (index_dir / INDEX_FILE).is_file():
+        runtime = replace(runtime, precision=read_header(index_dir).model.precision)  # append alike
+    encoder = ImageEncoder(ModelFolder.open(model_dir), runtime)
+    folder = encoder.model
+    identity = model_identity(folder.path, folder.manifest, encoder.precision)
     from tqdm import tqdm
 
-    with IndexWriter.open(index_dir, identity, captioner.dims.d_model, dtype, commit_every) as writer:
+    with IndexWriter.open(index_dir, identity, folder.dims.d_model, dtype, commit_every) as writer:
         todo = writer.pending(entries)
         with tqdm(total=len(todo), unit="pair", file=sys.stderr, disable=not progress,
                   desc="indexing") as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start: start + batch_size]
-                arrays = []
-                for e in batch:
-                    try:
-                        arrays.append(read_pair(Path(e.before), Path(e.after), bands))
-                    except DataError as err:
-                        raise type(err)(f"pair {e.id}: {err}") from None
-                writer.add(batch, captioner.embed_images([a[0] for a in arrays], [a[1] for a in arrays]))
+                arrays = [read_item(e.id, Path(e.before), Path(e.after), bands) for e in batch]
+                writer.add(batch, encoder.embed([a[0] for a in arrays], [a[1] for a in arrays]))
                 bar.update(len(batch))
         total = writer.count
     return IndexReport(added=len(todo), skipped=len(entries) - len(todo), total=total, index_dir=index_dir)

@@ -1,6 +1,6 @@
 """The TensorRT backend: engines from MODEL_DIR/engines/ behind the `Backend` interface (DESIGN §8).
 
-    make_backend("trt", model_dir, manifest, precision="fp16")  -> TrtBackend
+    TrtBackend(folder, RuntimeOptions(engine="trt", precision="fp16"))   (via ModelFolder.backend)
     TrtBackend.run(graph, {name: array}) -> {name: array}        numpy in, numpy out, by name
     TrtBackend.bound_decoder(tiled_cross) -> TrtDecoderStep       the StepModel seam, KV on the GPU
 
@@ -12,24 +12,21 @@ rows on the device with device-to-device copies into the idle set, then swaps.
 
 An engine is used only when its manifest record matches this machine (TensorRT version, GPU,
 compute capability), the ONNX graph it came from, and its own key; otherwise the error says
-how to rebuild. The pure parts (key, matching, profile checks, copy runs, CUDA error tuples)
-run without TensorRT and are tested everywhere. tensorrt and cuda-python are imported lazily.
+how to rebuild. The pure parts (key, matching, profile checks, copy runs: `trt_records`; CUDA
+error tuples: `cuda`) run without TensorRT and are tested everywhere. tensorrt and cuda-python
+are imported lazily.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rsicrc.errors import ConfigError, DependencyError, DeviceError, ModelFolderError
-from rsicrc.runtime.backend import Backend, OrtBackend
+from rsicrc.errors import ConfigError, DeviceError, ModelFolderError
 from rsicrc.runtime.contract import (
     DECODER_STEP,
     DTYPES,
@@ -42,216 +39,26 @@ from rsicrc.runtime.contract import (
     past_names,
     present_names,
 )
+from rsicrc.runtime.cuda import CudaRuntime, DeviceBuffer
 from rsicrc.runtime.manifest import ENGINE_DIR, ENGINE_PRECISIONS, EngineRecord, Manifest
+from rsicrc.runtime.options import RuntimeOptions
+from rsicrc.runtime.trt_records import (
+    MachineInfo,
+    check_profile,
+    copy_runs,
+    import_tensorrt,
+    require_engine,
+    require_supported,
+)
 
-BACKENDS: tuple[str, ...] = ("onnxruntime", "trt")
-MIN_TRT_MAJOR = 10  # name-based tensors + execute_async_v3 + int64 I/O
-BUILD_HINT = "rsicrc build-engines {model_dir} --precision {precision}"
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise DependencyError(
-            "TensorRT is not installed: install TensorRT 10 or 11 for your CUDA version (NVIDIA's "
-            "tensorrt wheels or container), or use --backend onnxruntime"
-        ) from None
-    return tensorrt
-
-
-def import_cudart() -> Any:
-    """cuda-python's runtime bindings: `cuda.bindings.runtime` (12.6+) or the older `cuda.cudart`."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError:
-            raise DependencyError("cuda-python is not installed: pip install cuda-python") from None
-    return runtime
-
-
-def parse_trt_version(text: str) -> tuple[int, int, int]:
-    """'10.3.0.26' -> (10, 3, 0); a version this code cannot read raises DependencyError."""
-    parts = str(text).strip().split(".")
-    try:
-        numbers = [int(p) for p in parts[:3]]
-    except ValueError:
-        numbers = []
-    if len(numbers) < 2 or any(n < 0 for n in numbers):
-        raise DependencyError(f"cannot read the TensorRT version {text!r}")
-    return (numbers[0], numbers[1], numbers[2] if len(numbers) > 2 else 0)
-
-
-def require_supported(text: str) -> tuple[int, int, int]:
-    version = parse_trt_version(text)
-    if version[0] < MIN_TRT_MAJOR:
-        raise DependencyError(f"TensorRT {text} is too old: rsicrc needs TensorRT 10 or 11")
-    return version
-
-
-# --- engine records: key, matching, profiles (no TensorRT needed) ----------------------------------
-
-@dataclass(frozen=True)
-class MachineInfo:
-    """What an engine is specific to."""
-
-    tensorrt: str  # tensorrt.__version__
-    gpu: str  # CUDA device name
-    compute_capability: str  # "major.minor"
-
-
-def engine_key(*, tensorrt: str, gpu: str, compute_capability: str, onnx_sha256: str, precision: str,
-               fp16_mode: str, profile: Mapping[str, Mapping[str, Sequence[int]]]) -> str:
-    """sha256 over everything an engine depends on, in a canonical JSON form."""
-    fields = {"tensorrt": tensorrt, "gpu": gpu, "compute_capability": compute_capability,
-              "onnx_sha256": onnx_sha256, "precision": precision, "fp16_mode": fp16_mode,
-              "profile": {n: {k: [int(x) for x in s[k]] for k in ("min", "opt", "max")}
-                          for n, s in profile.items()}}
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def record_key(record: EngineRecord) -> str:
-    return engine_key(tensorrt=record.tensorrt, gpu=record.gpu, compute_capability=record.compute_capability,
-                      onnx_sha256=record.onnx_sha256, precision=record.precision,
-                      fp16_mode=record.fp16_mode, profile=record.profile)
-
-
-def find_engine(manifest: Manifest, graph: str, precision: str) -> EngineRecord | None:
-    return next((e for e in manifest.engines if e.graph == graph and e.precision == precision), None)
-
-
-def engine_problem(record: EngineRecord, manifest: Manifest, machine: MachineInfo) -> str | None:
-    """Why `record` cannot be used here (None: it can). One clause, for an error message."""
-    if record.key != record_key(record):
-        return "its record does not match its key (tampered manifest)"
-    source = manifest.graphs.get("fp32", {}).get(record.graph)
-    if source is None or source.sha256 != record.onnx_sha256:
-        return "it was built from a different ONNX graph than this folder's"
-    differences = [f"{what} {old} (this machine: {new})" for what, old, new in (
-        ("TensorRT", record.tensorrt, machine.tensorrt), ("GPU", record.gpu, machine.gpu),
-        ("compute capability", record.compute_capability, machine.compute_capability)) if old != new]
-    return "it was built for " + ", ".join(differences) if differences else None
-
-
-def require_engine(model_dir: Path, manifest: Manifest, graph: str, precision: str,
-                   machine: MachineInfo) -> EngineRecord:
-    """The usable engine record for graph/precision on this machine, or a ModelFolderError saying
-    how to build one."""
-    hint = BUILD_HINT.format(model_dir=model_dir, precision=precision)
-    record = find_engine(manifest, graph, precision)
-    if record is None:
-        raise ModelFolderError(f"{model_dir} has no {precision} TensorRT engine for {graph}; build the "
-                               f"engines on this machine: {hint}")
-    problem = engine_problem(record, manifest, machine)
-    if problem is not None:
-        raise ModelFolderError(f"{model_dir}: the {precision} {graph} engine cannot be used: {problem}; "
-                               f"rebuild it: {hint} --rebuild")
-    return record
-
-
-def check_profile(graph: str, profile: Mapping[str, Mapping[str, Sequence[int]]],
-                  inputs: Mapping[str, np.ndarray]) -> None:
-    """Every profiled input's shape must lie within the engine's min..max (ConfigError otherwise)."""
-    for name, shapes in profile.items():
-        if name not in inputs:
-            continue
-        shape = tuple(inputs[name].shape)
-        lo, hi = tuple(shapes["min"]), tuple(shapes["max"])
-        if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
-            raise ConfigError(f"{graph}: input {name} has shape {list(shape)} but the engine was built for "
-                              f"{list(lo)}..{list(hi)}; use fewer pairs or beams, or rebuild the engines "
-                              "with larger --max-batch / --max-beam")
-
-
-def copy_runs(source: np.ndarray) -> list[tuple[int, int, int]]:
-    """(destination row, source row, count) runs that gather rows: new[r] = old[source[r]], with
-    consecutive rows merged so that one copy moves each run."""
-    runs: list[tuple[int, int, int]] = []
-    for dst, src in enumerate(int(s) for s in np.asarray(source).reshape(-1)):
-        if runs and runs[-1][1] + runs[-1][2] == src and runs[-1][0] + runs[-1][2] == dst:
-            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
-        else:
-            runs.append((dst, src, 1))
-    return runs
-
-
-# --- CUDA through cuda-python ------------------------------------------------------------------
-
-def cuda_check(rt: Any, result: Any, what: str) -> Any:
-    """cuda-python returns (error, *values): raise DeviceError unless error is cudaSuccess; return
-    the single value (or the tuple of values, or None)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != rt.cudaError_t.cudaSuccess:
-        status, message = rt.cudaGetErrorString(err)
-        detail = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-        raise DeviceError(f"CUDA {what} failed: {getattr(err, 'name', err)} ({detail})")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-class DeviceBuffer:
-    """cudaMalloc'ed memory, freed with cudaFree when the buffer is collected."""
-
-    def __init__(self, cuda: CudaRuntime, nbytes: int) -> None:
-        self.nbytes = max(int(nbytes), 1)
-        self.ptr = int(cuda.call(cuda.rt.cudaMalloc(self.nbytes), "cudaMalloc"))
-        self._free = weakref.finalize(self, cuda.rt.cudaFree, self.ptr)
-
-
-class CudaRuntime:
-    """One device and one stream; every call checked."""
-
-    def __init__(self, device_id: int = 0) -> None:
-        self.rt = import_cudart()
-        self.call(self.rt.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
-        self.device_id = device_id
-        self.stream = self.call(self.rt.cudaStreamCreate(), "cudaStreamCreate")
-        weakref.finalize(self, self.rt.cudaStreamDestroy, self.stream)
-
-    def call(self, result: Any, what: str) -> Any:
-        return cuda_check(self.rt, result, what)
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream)
-
-    def properties(self) -> tuple[str, str]:
-        """(GPU name, "major.minor")."""
-        prop = self.call(self.rt.cudaGetDeviceProperties(self.device_id), "cudaGetDeviceProperties")
-        name = prop.name.split(b"\0")[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
-        return name.strip(), f"{prop.major}.{prop.minor}"
-
-    def to_device(self, buffer: DeviceBuffer, array: np.ndarray, offset: int = 0) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self.call(self.rt.cudaMemcpyAsync(buffer.ptr + offset, array.ctypes.data, array.nbytes, kind,
-                                          self.stream), "cudaMemcpyAsync (host to device)")
-
-    def to_host(self, array: np.ndarray, buffer: DeviceBuffer) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self.call(self.rt.cudaMemcpyAsync(array.ctypes.data, buffer.ptr, array.nbytes, kind, self.stream),
-                  "cudaMemcpyAsync (device to host)")
-
-    def copy(self, dst: int, src: int, nbytes: int) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        self.call(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync (device)")
-
-    def zero(self, buffer: DeviceBuffer) -> None:
-        self.call(self.rt.cudaMemsetAsync(buffer.ptr, 0, buffer.nbytes, self.stream), "cudaMemsetAsync")
-
-    def synchronize(self) -> None:
-        self.call(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+if TYPE_CHECKING:
+    from rsicrc.runtime.model_folder import ModelFolder
 
 
 def current_machine(trt: Any, cuda: CudaRuntime) -> MachineInfo:
     gpu, capability = cuda.properties()
     return MachineInfo(str(trt.__version__), gpu, capability)
 
-
-# --- engines -----------------------------------------------------------------------------------
 
 class TrtEngine:
     """One deserialized engine and its execution context, checked against the graph contract."""
@@ -331,13 +138,11 @@ class TrtEngine:
 class TrtBackend:
     """TensorRT engines of one precision for an exported model folder; runs on CUDA only."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, precision: str = "fp32", device: str = "auto",
-                 device_id: int = 0) -> None:
-        if device == "cpu":
-            raise ConfigError("the TensorRT backend runs on CUDA only; use --backend onnxruntime with "
+    def __init__(self, folder: ModelFolder, options: RuntimeOptions, device_id: int = 0) -> None:
+        if options.device == "cpu":
+            raise ConfigError("the TensorRT engine runs on CUDA only; use --engine onnxruntime with "
                               "--device cpu")
-        if device not in ("auto", "cuda"):
-            raise ConfigError(f"unknown device {device!r}; choose one of: auto, cpu, cuda")
+        precision = options.precision or "fp32"
         if precision not in ENGINE_PRECISIONS:
             raise ConfigError(f"TensorRT engines are built in {' or '.join(ENGINE_PRECISIONS)}, not "
                               f"{precision!r}; choose one of: {', '.join(ENGINE_PRECISIONS)}")
@@ -345,21 +150,25 @@ class TrtBackend:
         require_supported(self.trt.__version__)
         self.cuda = CudaRuntime(device_id)
         self.machine = current_machine(self.trt, self.cuda)
-        self.model_dir, self.manifest, self.precision = Path(model_dir), manifest, precision
+        self.folder, self.precision = folder, precision
         self.device = "cuda"
         self._engines: dict[str, TrtEngine] = {}
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.folder.manifest
 
     def session(self, graph: str) -> TrtEngine:
         """The graph's engine, loaded and checked on first use (named like OrtBackend.session)."""
         if graph not in GRAPHS:
             raise ConfigError(f"unknown graph {graph!r}; choose one of: {', '.join(GRAPHS)}")
         if graph not in self._engines:
-            record = require_engine(self.model_dir, self.manifest, graph, self.precision, self.machine)
-            path = self.model_dir / ENGINE_DIR / record.file
+            record = require_engine(self.folder.path, self.manifest, graph, self.precision, self.machine)
+            path = self.folder.path / ENGINE_DIR / record.file
             self._engines[graph] = TrtEngine(self.trt, self.cuda, path, record, self.manifest.contract[graph])
         return self._engines[graph]
 
-    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.session(graph).run(inputs)
 
     def bound_decoder(self, cross: Mapping[str, np.ndarray]) -> TrtDecoderStep:
@@ -433,13 +242,3 @@ class TrtDecoderStep:
             for to, start, count in runs:
                 self._cuda.copy(dst.ptr + to * size, src.ptr + start * size, count * size)
         self._current = 1 - self._current  # stream order puts the copies before the next step
-
-
-def make_backend(kind: str, model_dir: Path, manifest: Manifest, precision: str = "fp32",
-                 device: str = "auto", threads: int | None = None) -> Backend:
-    """"onnxruntime" -> OrtBackend, "trt" -> TrtBackend (threads apply to ONNX Runtime only)."""
-    if kind == "onnxruntime":
-        return OrtBackend(model_dir, manifest, precision, device, threads)
-    if kind == "trt":
-        return TrtBackend(model_dir, manifest, precision, device)
-    raise ConfigError(f"unknown backend {kind!r}; choose one of: {', '.join(BACKENDS)}")

@@ -132,6 +132,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_model_dir(tmp_path_factory)
 
 
+def open_captioner(model_dir: Path, **runtime):
+    """A Captioner over an exported model folder; `runtime` are RuntimeOptions fields."""
+    from rsicrc.runtime import Captioner, ModelFolder, RuntimeOptions
+
+    return Captioner(ModelFolder.open(model_dir), RuntimeOptions(**runtime))
+
+
+def open_text_encoder(model_dir: Path, **runtime):
+    """The text-encoder graph of a model folder alone; `runtime` are RuntimeOptions fields."""
+    from rsicrc.runtime import ModelFolder, RuntimeOptions, TextEncoder
+
+    return TextEncoder(ModelFolder.open(model_dir), RuntimeOptions(**runtime))
+
+
 def assert_one_line_error(result, *expected: str) -> str:
     """A CLI run failed the way users should see it: exit 2, one `error:` line, no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.output)

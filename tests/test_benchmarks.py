@@ -21,7 +21,8 @@ REQUIRED = ("name", "config", "backend", "precision", "batch", "beam", "median_m
 
 def test_scripts_import_without_heavy_libraries() -> None:
     code = ("import sys\n"
-            "import benchmarks.captioning, benchmarks.machine, benchmarks.quality, benchmarks.run\n"
+            "import benchmarks.captioning, benchmarks.contenders, benchmarks.machine, benchmarks.profile, "
+            "benchmarks.quality, benchmarks.run\n"
             "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'open_clip') if m in sys.modules]\n"
             "print(','.join(heavy))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -136,7 +137,7 @@ def test_original_encoder_equals_the_batched_encoder() -> None:
     them) computes what rsicrc's batched ImageEncoder does, in eval mode."""
     import torch
 
-    from benchmarks.captioning import original_encoder
+    from benchmarks.contenders import original_encoder
     from rsicrc.config import load_config
     from rsicrc.model import RSICRC
 

@@ -110,9 +110,10 @@ def test_help_explains_options_and_default_model() -> None:
     result = _invoke("caption", "--help")
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
-    for word in ("--pairs", "--beam", "--device", "--bands", "--precision", "--threads", "--json",
+    for word in ("--pairs", "--beam", "--engine", "--device", "--bands", "--precision", "--threads", "--json",
                  "--batch-size", "--split", "--out", "RSICRC_MODEL", "rsicrc/model"):
         assert word in text, word
+    assert "--backend" not in text  # deprecated: still accepted, no longer shown
 
 
 def test_missing_file(model_dir: Path, images: dict[str, Path]) -> None:
@@ -199,3 +200,19 @@ def test_usage_errors_are_one_line(model_dir: Path, images: dict[str, Path]) -> 
     assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--split", "test", "--out",
                                    images["dir"] / "x.jsonl", "--model", model_dir), "--split")
     _assert_no_output(images["dir"])
+
+
+def test_last_release_spellings_still_work(images: dict[str, Path], model_dir: Path, tmp_path: Path) -> None:
+    """`caption --backend` (now --engine) and `synth --pairs N` (now --count) keep working for one
+    release: same result, one warning line on stderr naming the new spelling."""
+    pair = [images["before"], images["after"], "--model", model_dir, "--device", "cpu"]
+    new = _invoke("caption", *pair, "--engine", "onnxruntime")
+    old = _invoke("caption", *pair, "--backend", "onnxruntime")
+    assert new.exit_code == old.exit_code == 0 and new.stdout == old.stdout and new.stderr == ""
+    warning = "warning: --backend is deprecated and will be removed in the next release; use --engine"
+    assert old.stderr.strip() == warning
+    synth = _invoke("synth", "--out", tmp_path / "data", "--pairs", "10", "--size", "64", "--quiet")
+    assert synth.exit_code == 0 and "wrote 10 pairs" in synth.stdout
+    assert "--pairs is deprecated" in synth.stderr and "use --count" in synth.stderr
+    assert len(json.loads((tmp_path / "data" / "LevirCCcaptions.json").read_text())["images"]) == 10
+    assert_one_line_error(_invoke("synth", "--out", tmp_path / "none"), "--count")

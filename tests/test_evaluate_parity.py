@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import open_captioner, open_text_encoder
 from rsicrc.errors import ConfigError, ModelFolderError
 from rsicrc.levircc import LevirCC
-from rsicrc.report import EvalOptions, folder_kind
+from rsicrc.report import EvalOptions
+from rsicrc.runtime.model_folder import folder_kind
+from rsicrc.runtime.options import RuntimeOptions
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,7 @@ def one_thread() -> Iterator[None]:
 
 def _options(data: Path, beam: int, out: Path | None = None, **extra: Any) -> EvalOptions:
     # batch 4 over 14 pairs: several batches and a short last one, as in real runs
-    return EvalOptions(data=data, split="train", beam=beam, batch_size=4, device="cpu", out=out,
-                       progress=False, **extra)
+    return EvalOptions(data=data, split="train", beam=beam, batch_size=4, out=out, progress=False, **extra)
 
 
 def _keys(d: Any, prefix: str = "") -> set[str]:
@@ -53,12 +55,12 @@ def _keys(d: Any, prefix: str = "") -> set[str]:
 
 def test_greedy_predictions_are_identical(tiny_model: Path, small_synth_dir: Path, one_thread: None) -> None:
     from rsicrc.evaluate import predict_checkpoint
-    from rsicrc.runtime.captioner import Captioner
     from rsicrc.runtime.evaluate import predict_model_folder
 
     dataset = LevirCC.open(small_synth_dir)
-    reference = predict_checkpoint(tiny_model.parent / "ckpt", dataset, _options(small_synth_dir, 1))
-    ours = predict_model_folder(Captioner(tiny_model, device="cpu", threads=1), dataset,
+    reference = predict_checkpoint(tiny_model.parent / "ckpt", dataset, _options(small_synth_dir, 1), "cpu")
+    ours = predict_model_folder(open_captioner(tiny_model, device="cpu", threads=1),
+                                open_text_encoder(tiny_model, device="cpu", threads=1), dataset,
                                 _options(small_synth_dir, 1))
     assert [r.imgid for r in ours.records] == [r.imgid for r in reference.records] and len(ours.records) == 14
     assert ours.captions == reference.captions
@@ -75,9 +77,9 @@ def test_beam3_reports_agree(tiny_model: Path, small_synth_dir: Path, tmp_path: 
 
     with CaptionScorer() as scorer:  # one METEOR JVM for both reports
         ref = evaluate_checkpoint(tiny_model.parent / "ckpt",
-                                  _options(small_synth_dir, 3, tmp_path / "pt.json"), scorer)
-        ours = evaluate_model_folder(
-            tiny_model, _options(small_synth_dir, 3, tmp_path / "ort.json", threads=1), scorer)
+                                  _options(small_synth_dir, 3, tmp_path / "pt.json"), "cpu", scorer)
+        ours = evaluate_model_folder(tiny_model, _options(small_synth_dir, 3, tmp_path / "ort.json"),
+                                     RuntimeOptions(device="cpu", threads=1), scorer)
     assert _keys(ours) == _keys(ref)
     assert json.loads((tmp_path / "ort.json").read_text()) == ours  # the file is what was returned
     lines = {name: (tmp_path / f"{name}.predictions.jsonl").read_text().splitlines()

@@ -27,19 +27,15 @@ from rsicrc.export.onnx_export import (
     step_frontier,
 )
 from rsicrc.export.pipeline import ExportReport, _publish, export_model
-from rsicrc.export.validate import (
-    ValidationInputs,
-    _Tracker,
-    load_validation_inputs,
-    open_session,
-    session_io,
-)
+from rsicrc.export.validate import check_within, load_validation_inputs, open_session, session_io
 from rsicrc.levircc import ANNOTATION_FILE
 from rsicrc.model import RSICRC
+from rsicrc.runtime.compare import GraphInputs, compare_graphs
 from rsicrc.runtime.contract import (
     DECODER_STEP,
     GRAPHS,
     IMAGE_ENCODER,
+    TEXT_EMBEDDING,
     TEXT_ENCODER,
     Dims,
     GraphSpec,
@@ -274,17 +270,27 @@ def test_validation_failure_leaves_nothing(exported: Exported, tmp_path: Path) -
 
 
 def test_tolerance_check_names_graph_and_output() -> None:
-    spec = contract(Dims(64, 32, 2, 12, 4, 10, 1))[TEXT_ENCODER]
-    want = [np.full((2, 32), 3.0, dtype=np.float32)]
-    tracker = _Tracker(spec, 1e-4)
-    tracker.compare([want[0] + 2e-4], want, batch=2, seq=5)  # 2e-4 <= 1e-4 * 3
-    assert tracker.result().max_abs_diff == pytest.approx(2e-4, rel=1e-3)
+    dims = Dims(64, 32, 2, 12, 4, 10, 1)
+    graphs = contract(dims)
+    images = np.zeros((2, 3, 64, 64), np.float32)
+    inputs = GraphInputs(images, images, np.ones((2, 5), np.int64), np.ones((2, 5), np.int64), "test")
+    want = np.full((2, 32), 3.0, dtype=np.float32)
+
+    def compare(got: np.ndarray, reference: np.ndarray = want):  # noqa: ANN202
+        return compare_graphs(lambda g, f: {TEXT_EMBEDDING: reference}, lambda g, f: {TEXT_EMBEDDING: got},
+                              graphs, dims, inputs, graphs=(TEXT_ENCODER,))
+
+    within = compare(want + 2e-4)
+    check_within(within, 1e-4)  # 2e-4 <= 1e-4 * 3
+    assert within.max_abs_diff(TEXT_ENCODER) == pytest.approx(2e-4, rel=1e-3)
     with pytest.raises(ExportError, match="text_encoder: output text_embedding differs"):
-        _Tracker(spec, 0.0).compare([want[0] + 1e-6], want, batch=2, seq=5)
+        check_within(compare(want + 1e-6), 0.0)
     with pytest.raises(ExportError, match="differs"):
-        _Tracker(spec, 1e-4).compare([want[0] * np.nan], want, batch=2, seq=5)
-    with pytest.raises(ExportError, match="shape"):
-        _Tracker(spec, 1e-4).compare([want[0][:1]], [want[0][:1]], batch=2, seq=5)
+        check_within(compare(want * np.nan), 1e-4)
+    with pytest.raises(ExportError, match="PyTorch output text_embedding is not finite"):
+        check_within(compare(want, want * np.inf), 1e-4)
+    with pytest.raises(ContractError, match=r"text_encoder: output text_embedding has shape \[1, 32\]"):
+        compare(want[:1], want[:1])
 
 
 def test_refusals_before_any_work(exported: Exported, tmp_path: Path) -> None:
@@ -313,7 +319,7 @@ def test_validation_inputs_are_real_captions(exported: Exported) -> None:
     if exported.data is None:
         pytest.skip("real LEVIR-CC samples not available")
     vocab = exported.ckpt.vocab
-    inputs: ValidationInputs = load_validation_inputs(exported.data, vocab, PreprocessSpec(size=64), 12)
+    inputs: GraphInputs = load_validation_inputs(exported.data, vocab, PreprocessSpec(size=64), 12)
     assert inputs.before.shape == inputs.after.shape == (3, 3, 64, 64)
     assert inputs.input_ids.shape == inputs.attention_mask.shape and inputs.input_ids.shape[0] == 3
     lengths = inputs.attention_mask.sum(1)

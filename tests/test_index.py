@@ -15,11 +15,15 @@ import numpy as np
 import pytest
 from test_runtime import tiny_model_dir
 
+from conftest import open_captioner, open_text_encoder
 from rsicrc.errors import ConfigError, DataError, IndexFolderError, ModelFolderError
 from rsicrc.runtime import index as index_module
 from rsicrc.runtime.captioner import Captioner
+from rsicrc.runtime.encoders import ImageEncoder
 from rsicrc.runtime.images import read_pair
-from rsicrc.runtime.index import INDEX_FILE, Entry, IndexWriter, ModelIdentity, open_index, read_header
+from rsicrc.runtime.index import IndexWriter, open_index
+from rsicrc.runtime.index_format import INDEX_FILE, Entry, ModelIdentity, read_header
+from rsicrc.runtime.options import RuntimeOptions
 from rsicrc.runtime.pairs import list_pairs
 from rsicrc.runtime.retriever import Retriever, exact_search, index_pairs
 
@@ -29,6 +33,7 @@ QUERIES = ["two houses are built at the top", "a road is built", "the scene is t
 # and may flip one float16 rounding of a stored value (|q_i x_i| 2^-11 each), BLAS sums in another
 # order. Measured: 4e-9 (AVX2 CPU); a flipped float16 rounding stays below 1e-5 for unit vectors.
 SCORE_TOLERANCE = 1e-5
+CPU1 = RuntimeOptions(device="cpu", threads=1)
 FAKE_MODEL = ModelIdentity("a" * 64, "b" * 64, "fp32", "/nowhere/model")
 
 
@@ -39,7 +44,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def captioner(model_dir: Path) -> Captioner:
-    return Captioner(model_dir, device="cpu", threads=1)
+    return open_captioner(model_dir, device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +66,8 @@ def reference(dataset: Path, captioner: Captioner) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def levir_index(tmp_path_factory: pytest.TempPathFactory, dataset: Path, model_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("levir_index") / "index"
-    report = index_pairs(dataset, out, model_dir, batch_size=6, dtype="float32", device="cpu", threads=1,
-                         commit_every=8, progress=False)
+    report = index_pairs(dataset, out, model_dir, CPU1, batch_size=6, dtype="float32", commit_every=8,
+                         progress=False)
     assert (report.added, report.skipped, report.total) == (20, 0, 20)
     return out
 
@@ -81,11 +86,12 @@ def _brute_force(queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndar
 
 def _check_ranking(retriever: Retriever, captioner: Captioner, reference: dict[str, np.ndarray],
                    queries: list[str], k: int) -> None:
-    """The retriever's hits equal a float64 brute force of Captioner.embed_text vs embed_images."""
+    """The retriever's hits equal a float64 brute force of TextEncoder.embed vs embed_images."""
     hits = retriever.search(queries, top_k=k)
     stored = retriever.index.records(range(len(retriever)))
     matrix = _unit(np.stack([reference[e.before] for e in stored]))
-    scores = _unit(captioner.embed_text(queries)) @ matrix.T
+    encoder = open_text_encoder(captioner.model.path, device="cpu", threads=1)
+    scores = _unit(encoder.embed(queries)) @ matrix.T
     row_of = {e.id: i for i, e in enumerate(stored)}
     for q, found in enumerate(hits):
         # Each hit's score is its pair's brute-force score, and the scores are the brute force's best k
@@ -104,7 +110,7 @@ def test_levircc_index_ranks_like_brute_force(levir_index: Path, model_dir: Path
     header = read_header(levir_index)
     assert header.count == 20 and header.dtype == "float32" and header.dim == captioner.dims.d_model
     assert [s.rows for s in header.shards] == [12, 8]  # commits after 8+ rows, then the rest
-    retriever = Retriever(levir_index, model_dir, device="cpu", threads=1)
+    retriever = Retriever(levir_index, model_dir, CPU1)
     _check_ranking(retriever, captioner, reference, QUERIES, k=20)
     _check_ranking(retriever, captioner, reference, QUERIES[:1], k=3)
     (hit, *_), *_ = retriever.search(QUERIES[:1], top_k=3)
@@ -126,12 +132,12 @@ def test_ranking_equals_pytorch(levir_index: Path, model_dir: Path, dataset: Pat
     from rsicrc.vocab import tokenize
 
     model = load_checkpoint(model_dir.parent / "ckpt").model.eval()
-    retriever = Retriever(levir_index, model_dir, device="cpu", threads=1)
+    retriever = Retriever(levir_index, model_dir, CPU1)
     entries = retriever.index.records(range(len(retriever)))
     arrays = [read_pair(Path(e.before), Path(e.after)) for e in entries]
     spec = PreprocessSpec(size=model.cfg.image_size)
     before, after = (torch.from_numpy(preprocess_batch([a[i] for a in arrays], spec)) for i in (0, 1))
-    tokens, lengths = encode_captions(retriever.encoder.vocab, [tokenize(q) for q in QUERIES],
+    tokens, lengths = encode_captions(retriever.encoder.model.vocab, [tokenize(q) for q in QUERIES],
                                       model.cfg.max_len)
     with torch.no_grad():
         visual = model.encode_images(before, after)[1].numpy()
@@ -157,9 +163,9 @@ def test_folder_and_csv_sources(tmp_path: Path, dataset: Path, model_dir: Path, 
     names = _subset_folder(dataset, tmp_path / "pairs", 6)
     copied = {str((tmp_path / "pairs" / "A" / n).resolve()): reference[str(
         (dataset / "images" / "train" / "A" / n).resolve())] for n in names}
-    index_pairs(tmp_path / "pairs", tmp_path / "folder_index", model_dir, batch_size=4, device="cpu",
-                threads=1, progress=False, dtype="float32")
-    folder = Retriever(tmp_path / "folder_index", model_dir, device="cpu", threads=1)
+    index_pairs(tmp_path / "pairs", tmp_path / "folder_index", model_dir, CPU1, batch_size=4, progress=False,
+                dtype="float32")
+    folder = Retriever(tmp_path / "folder_index", model_dir, CPU1)
     assert sorted(e.id for e in folder.index.records(range(6))) == names
     _check_ranking(folder, captioner, copied, QUERIES, k=6)
 
@@ -167,30 +173,31 @@ def test_folder_and_csv_sources(tmp_path: Path, dataset: Path, model_dir: Path, 
         writer = csv.writer(f)
         writer.writerow(["before", "after", "id"])
         writer.writerows([f"pairs/A/{n}", f"pairs/B/{n}", f"site-{i}"] for i, n in enumerate(names))
-    report = index_pairs(tmp_path / "pairs.csv", tmp_path / "csv_index", model_dir, batch_size=4,
-                         device="cpu", threads=1, progress=False, dtype="float32")
+    report = index_pairs(tmp_path / "pairs.csv", tmp_path / "csv_index", model_dir, CPU1, batch_size=4,
+                         progress=False, dtype="float32")
     assert report.total == 6
-    by_csv = Retriever(tmp_path / "csv_index", model_dir, device="cpu", threads=1)
+    by_csv = Retriever(tmp_path / "csv_index", model_dir, CPU1)
     assert [e.id for e in by_csv.index.records(range(6))] == [f"site-{i}" for i in range(6)]
     _check_ranking(by_csv, captioner, copied, QUERIES, k=4)
 
 
 class _Spy:
-    """Counts the pairs Captioner.embed_images really embeds; optionally fails on call `fail_at`."""
+    """Counts the pairs ImageEncoder.embed (what indexing runs) really embeds; optionally fails on
+    call `fail_at`."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None,
                  error: type[BaseException] = RuntimeError) -> None:
         self.pairs, self.calls, self.fail_at, self.error = 0, 0, fail_at, error
-        real = Captioner.embed_images
+        real = ImageEncoder.embed
 
-        def embed(captioner: Captioner, before: list, after: list) -> np.ndarray:
+        def embed(encoder: ImageEncoder, before: list, after: list) -> np.ndarray:
             self.calls += 1
             if self.calls == self.fail_at:
                 raise self.error("injected failure")
             self.pairs += len(before)
-            return real(captioner, before, after)
+            return real(encoder, before, after)
 
-        monkeypatch.setattr(Captioner, "embed_images", embed)
+        monkeypatch.setattr(ImageEncoder, "embed", embed)
 
 
 def _csv(path: Path, dataset: Path, rows: list[str]) -> Path:
@@ -205,8 +212,8 @@ def _all_rows(dataset: Path) -> list[str]:
 
 
 def _run(source: Path, out: Path, model_dir: Path, **kwargs: object):
-    options = {"batch_size": 4, "device": "cpu", "threads": 1, "progress": False, **kwargs}
-    return index_pairs(source, out, model_dir, **options)  # type: ignore[arg-type]
+    options = {"batch_size": 4, "progress": False, **kwargs}
+    return index_pairs(source, out, model_dir, CPU1, **options)  # type: ignore[arg-type]
 
 
 def test_append_computes_only_new_pairs(tmp_path: Path, dataset: Path, model_dir: Path,
@@ -221,7 +228,7 @@ def test_append_computes_only_new_pairs(tmp_path: Path, dataset: Path, model_dir
     assert (third.added, third.skipped, spy.pairs) == (0, 20, 20)
     assert read_header(tmp_path / "idx").dtype == "float16"  # the default, kept on append
     monkeypatch.undo()
-    retriever = Retriever(tmp_path / "idx", model_dir, device="cpu", threads=1)
+    retriever = Retriever(tmp_path / "idx", model_dir, CPU1)
     assert [e.id for e in retriever.index.records(range(20))] == rows
     # The same id for other images is refused, not skipped.
     swapped = rows[:2]
@@ -265,8 +272,8 @@ def test_resume_after_a_crash(tmp_path: Path, dataset: Path, model_dir: Path,
     monkeypatch.undo()
     fresh = _run(source, tmp_path / "fresh", model_dir, commit_every=100)
     assert fresh.total == 20
-    a = Retriever(tmp_path / "idx", model_dir, device="cpu", threads=1).search(QUERIES, top_k=20)
-    b = Retriever(tmp_path / "fresh", model_dir, device="cpu", threads=1).search(QUERIES, top_k=20)
+    a = Retriever(tmp_path / "idx", model_dir, CPU1).search(QUERIES, top_k=20)
+    b = Retriever(tmp_path / "fresh", model_dir, CPU1).search(QUERIES, top_k=20)
     # Same ids in the same order; scores equal up to float rounding: the image encoder ran in
     # batches of 4 for one index and of 8 for the other, and exact search multiplies shards of 4
     # rows vs one of 20 (kernels block, and so round, differently per shape, on some CPUs).
@@ -375,19 +382,19 @@ def test_faiss_backend_equals_exact(tmp_path: Path, levir_index: Path, model_dir
         scores, rows = FaissSearch(index).search(q, 10)
         np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
         np.testing.assert_array_equal(rows, exact_rows)  # random data: no ties
-    exact = Retriever(levir_index, model_dir, device="cpu", threads=1).search(QUERIES, top_k=20)
-    faiss = Retriever(levir_index, model_dir, device="cpu", threads=1, backend="faiss").search(QUERIES, 20)
+    exact = Retriever(levir_index, model_dir, CPU1).search(QUERIES, top_k=20)
+    faiss = Retriever(levir_index, model_dir, CPU1, search="faiss").search(QUERIES, 20)
     assert [[h.id for h in q] for q in faiss] == [[h.id for h in q] for q in exact]
     np.testing.assert_allclose([[h.score for h in q] for q in faiss], [[h.score for h in q] for q in exact],
                                atol=1e-5)
     with pytest.raises(ConfigError, match="exact, quantized, faiss"):
-        Retriever(levir_index, model_dir, device="cpu", backend="annoy")
+        Retriever(levir_index, model_dir, CPU1, search="annoy")
 
 
 def test_quantized_backend_equals_exact(levir_index: Path, model_dir: Path) -> None:
     """Through the Retriever (the model's real embeddings): the same hits, scores within 1e-6."""
-    exact = Retriever(levir_index, model_dir, device="cpu", threads=1).search(QUERIES, top_k=20)
-    quantized = Retriever(levir_index, model_dir, device="cpu", threads=1, backend="quantized")
+    exact = Retriever(levir_index, model_dir, CPU1).search(QUERIES, top_k=20)
+    quantized = Retriever(levir_index, model_dir, CPU1, search="quantized")
     for k in (1, 3, 20):
         found = quantized.search(QUERIES, top_k=k)
         assert [[h.id for h in q] for q in found] == [[h.id for h in q[:k]] for q in exact]
@@ -405,7 +412,7 @@ def test_orphan_shard_is_ignored_then_removed(tmp_path: Path, levir_index: Path,
         shutil.copy(folder / f"shard-00000.{suffix}", folder / f"shard-00002.{suffix}")
     (folder / ".shard-00003.npy.x1y2.tmp").write_bytes(b"partial")
     assert len(open_index(folder)) == 20
-    assert len(Retriever(folder, model_dir, device="cpu", threads=1).search(QUERIES[:1], top_k=50)[0]) == 20
+    assert len(Retriever(folder, model_dir, CPU1).search(QUERIES[:1], top_k=50)[0]) == 20
     header = read_header(folder)
     with IndexWriter.open(folder, header.model, header.dim) as writer:
         assert writer.count == 20
@@ -455,7 +462,7 @@ def test_model_mismatch_is_a_clear_error(tmp_path: Path, levir_index: Path, mode
     data["model"]["image_encoder"] = "c" * 64  # as if another model had embedded the pairs
     (folder / INDEX_FILE).write_text(json.dumps(data))
     with pytest.raises(IndexFolderError, match="another model") as error:
-        Retriever(folder, model_dir, device="cpu")
+        Retriever(folder, model_dir, CPU1)
     assert "cccccccccccc" in str(error.value) and str(model_dir.resolve()) in str(error.value)
     with pytest.raises(IndexFolderError, match="another model"):
         _run(dataset, folder, model_dir)
@@ -464,21 +471,21 @@ def test_model_mismatch_is_a_clear_error(tmp_path: Path, levir_index: Path, mode
 def test_model_folder_defaults(tmp_path: Path, levir_index: Path, model_dir: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """No --model: the folder recorded in the index, else $RSICRC_MODEL; the sha256 must match."""
-    assert Retriever(levir_index, device="cpu").encoder.model_dir == model_dir.resolve()
+    assert Retriever(levir_index, runtime=CPU1).encoder.model.path == model_dir.resolve()
     folder = _copy(levir_index, tmp_path)
     data = json.loads((folder / INDEX_FILE).read_text())
     data["model"]["model_dir"] = str(tmp_path / "moved")
     (folder / INDEX_FILE).write_text(json.dumps(data))
     monkeypatch.setenv("RSICRC_MODEL", str(model_dir))
-    assert Retriever(folder, device="cpu").encoder.model_dir == model_dir
+    assert Retriever(folder, runtime=CPU1).encoder.model.path == model_dir
     monkeypatch.setenv("RSICRC_MODEL", str(tmp_path / "none"))
     with pytest.raises(ModelFolderError, match="no model at"):
-        Retriever(folder, device="cpu")
+        Retriever(folder, runtime=CPU1)
 
 
 def test_queries_unknown_words_and_bad_arguments(levir_index: Path, model_dir: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    retriever = Retriever(levir_index, model_dir, device="cpu", threads=1)
+    retriever = Retriever(levir_index, model_dir, CPU1)
     assert retriever.unknown_words(["a zebra crossing is built", "a road"]) == [["zebra", "crossing"], []]
     with caplog.at_level(logging.WARNING):
         hits = retriever.search(["a zebra crossing is built"], top_k=3)

@@ -37,10 +37,9 @@ SCRIPT = textwrap.dedent('''
         importlib.import_module(f"rsicrc.runtime.{info.name}")
         imported.append(info.name)
 
-    from rsicrc.runtime.captioner import Captioner
-    from rsicrc.runtime.decoding import DecodingOptions
-    result = Captioner(Path(model), device="cpu").caption_files([(Path(before), Path(after))],
-                                                                DecodingOptions(beam_size=2))[0]
+    from rsicrc.runtime import Captioner, DecodingOptions, ModelFolder, RuntimeOptions
+    captioner = Captioner(ModelFolder.open(Path(model)), RuntimeOptions(device="cpu"))
+    result = captioner.caption_files([(Path(before), Path(after))], DecodingOptions(beam_size=2))[0]
 
     from rsicrc.cli.main import main
     sys.argv = ["rsicrc", "caption", before, after, "--model", model, "--device", "cpu", "--beam", "2"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import random_pairs
+from conftest import open_captioner, open_text_encoder, random_pairs
 from rsicrc.errors import DataError, ExportError, ModelFolderError
 from rsicrc.metrics import CAPTION_METRICS
 from rsicrc.runtime.contract import DECODER_STEP, GRAPHS, IMAGE_ENCODER, TEXT_ENCODER
@@ -73,10 +73,12 @@ def test_int8_graphs_pass_the_contract(int8_model) -> None:
     from rsicrc.export.onnx_export import onnx_io
     from rsicrc.runtime.backend import OrtBackend
     from rsicrc.runtime.contract import check_io
+    from rsicrc.runtime.model_folder import ModelFolder
+    from rsicrc.runtime.options import RuntimeOptions
 
     folder, _ = int8_model
     manifest = load_manifest(folder)
-    backend = OrtBackend(folder, manifest, precision="int8", device="cpu")
+    backend = OrtBackend(ModelFolder(folder, manifest), RuntimeOptions(precision="int8", device="cpu"))
     for graph in GRAPHS:
         backend.session(graph)  # loads and checks names, dtypes, shapes against the contract
         proto, _ = _ops(folder / manifest.graphs["int8"][graph].file)
@@ -146,12 +148,11 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_int8_runtime_stays_close_to_fp32(int8_model) -> None:
-    from rsicrc.runtime.captioner import Captioner
     from rsicrc.runtime.decoding import DecodingOptions
 
     folder, _ = int8_model
-    fp32 = Captioner(folder, device="cpu", precision="fp32", threads=1)
-    int8 = Captioner(folder, device="cpu", precision="int8", threads=1)
+    fp32 = open_captioner(folder, device="cpu", precision="fp32", threads=1)
+    int8 = open_captioner(folder, device="cpu", precision="int8", threads=1)
     assert int8.precision == "int8"
     assert int8.backend.graph_path(IMAGE_ENCODER).name == "image_encoder_int8.onnx"
     before, after = random_pairs(6, seed=4)
@@ -159,7 +160,9 @@ def test_int8_runtime_stays_close_to_fp32(int8_model) -> None:
     assert len(results) == 6 and all(r.tokens for r in results)
     assert _cosines(int8.embed_images(before, after), fp32.embed_images(before, after)).min() > 0.95
     texts = ["two houses are built at the top", "the scene is the same as before", "a road is built"]
-    assert _cosines(int8.embed_text(texts), fp32.embed_text(texts)).min() > 0.95
+    text = {p: open_text_encoder(folder, device="cpu", precision=p, threads=1).embed(texts)
+            for p in ("fp32", "int8")}
+    assert _cosines(text["int8"], text["fp32"]).min() > 0.95
 
 
 def _metrics(value: float = 0.5, **changes: float) -> dict[str, Any]:
@@ -174,7 +177,7 @@ def _metrics(value: float = 0.5, **changes: float) -> dict[str, Any]:
 
 
 def test_compare_metrics_gate() -> None:
-    from rsicrc.export.quantize import compare_metrics
+    from rsicrc.export.default_precision import compare_metrics
 
     fp32 = _metrics(0.5)
     same = compare_metrics(fp32, copy.deepcopy(fp32))
@@ -198,9 +201,7 @@ def test_compare_metrics_gate() -> None:
 
 
 def test_choose_default_records_its_comparison(int8_model, small_synth_dir: Path, tmp_path: Path) -> None:
-    from rsicrc.export.quantize import choose_default
-    from rsicrc.runtime.captioner import Captioner
-
+    from rsicrc.export.default_precision import choose_default
     folder = tmp_path / "model"
     shutil.copytree(int8_model[0], folder)
     choice = choose_default(folder, small_synth_dir, split="test", beam=1)
@@ -213,7 +214,7 @@ def test_choose_default_records_its_comparison(int8_model, small_synth_dir: Path
     assert row["fp32"] == choice.metrics["fp32"]["captioning"]["all"]["CIDEr"]
     assert row["int8"] == choice.metrics["int8"]["captioning"]["all"]["CIDEr"]
     assert choice.metrics["int8"]["config"]["precision"] == "int8"
-    assert Captioner(folder, device="cpu").precision == choice.precision
+    assert open_captioner(folder, device="cpu").precision == choice.precision
     assert manifest.int8["check"] and manifest.graphs["int8"]  # the rest of the record is kept
 
 

@@ -17,10 +17,12 @@ from PIL import Image
 
 # The tiny exported model and its helpers live in conftest.py (shared by several files); they are
 # re-exported here because other test files import them from this module.
-from conftest import WORDS, random_pairs, tiny_model_dir  # noqa: F401
+from conftest import WORDS, open_captioner, open_text_encoder, random_pairs, tiny_model_dir  # noqa: F401
 from rsicrc.errors import ContractError, DataError, DeviceError, ModelFolderError
 from rsicrc.runtime.contract import BATCH, DECODER_STEP, IMAGE_ENCODER, TensorSpec
 from rsicrc.runtime.decoding import DecodingOptions, beam_search
+from rsicrc.runtime.model_folder import ModelFolder
+from rsicrc.runtime.options import RuntimeOptions
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def captioner(model_dir: Path):
-    from rsicrc.runtime.captioner import Captioner
-
-    return Captioner(model_dir, device="cpu", threads=1)
+    return open_captioner(model_dir, device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_ort_equals_pytorch_token_for_token(captioner, torch_model, beam: int, i
         assert got.tokens == ref.best.tokens
         assert got.score == pytest.approx(ref.best.score, abs=1e-4)
         assert [s for _, s in got.beams] == pytest.approx([h.score for h in ref.beams], abs=1e-4)
-        assert [c for c, _ in got.beams] == [captioner.vocab.decode(h.tokens) for h in ref.beams]
+        assert [c for c, _ in got.beams] == [captioner.model.vocab.decode(h.tokens) for h in ref.beams]
         assert len(got.beams) == beam
     tokens = [t for r in ours for t in r.tokens]
     assert len(set(tokens)) >= 5, "the random model should produce varied tokens"
@@ -98,13 +98,15 @@ def test_embeddings_equal_pytorch(captioner, torch_model) -> None:
     assert np.abs(ours - visual).max() <= 1e-4 * np.abs(visual).max()
 
     texts = ["Two houses are built at the top.", "the scene is the same as before", "a zebra crossing"]
-    tokens, lengths = encode_captions(captioner.vocab, [tokenize(t) for t in texts], torch_model.cfg.max_len)
+    vocab = captioner.model.vocab
+    tokens, lengths = encode_captions(vocab, [tokenize(t) for t in texts], torch_model.cfg.max_len)
     with torch.no_grad():
         reference = torch_model.encode_text(tokens, lengths).numpy()
-    text = captioner.embed_text(texts)
+    encoder = open_text_encoder(captioner.model.path, device="cpu", threads=1)
+    text = encoder.embed(texts)
     assert text.shape == reference.shape
     assert np.abs(text - reference).max() <= 1e-4 * np.abs(reference).max()
-    assert captioner.embed_text([]).shape == (0, torch_model.cfg.d_model)
+    assert encoder.embed([]).shape == (0, torch_model.cfg.d_model)
 
 
 def test_batch_equals_one_by_one(captioner) -> None:
@@ -124,17 +126,17 @@ def test_batch_equals_one_by_one(captioner) -> None:
 
 def test_io_binding_step_equals_host_step(captioner) -> None:
     """BoundDecoderStep (the captioner's step, caches in fixed buffers) gives the same search
-    as OrtStepModel (fresh host arrays every step), beam reordering included."""
+    as HostStepModel (fresh host arrays every step), beam reordering included."""
     from rsicrc.runtime.backend import BoundDecoderStep
-    from rsicrc.runtime.captioner import OrtStepModel
-    from rsicrc.runtime.contract import cross_names
+    from rsicrc.runtime.captioner import preprocess_pairs
+    from rsicrc.runtime.task import HostStepModel, tile_rows
 
     before, after = random_pairs(2, seed=8)
-    outputs = captioner._encode(captioner._preprocess(before), captioner._preprocess(after))
-    cross = {n: outputs[n] for kv in cross_names(captioner.dims) for n in kv}
-    options = captioner.options_for_model(DecodingOptions(beam_size=3))
-    host = beam_search(OrtStepModel(captioner.backend, captioner.dims, cross, 3), 2, options)
-    step = captioner.step_model(cross, 3)
+    encoded = captioner.graphs.encode(*preprocess_pairs(before, after, captioner.model.preprocess))
+    options = captioner.task.options(DecodingOptions(beam_size=3))
+    host = beam_search(HostStepModel(captioner.backend.run, captioner.dims, tile_rows(encoded.state, 3)), 2,
+                       options)
+    step = captioner.graphs.step_model(encoded.state, 3)
     assert isinstance(step, BoundDecoderStep)
     bound = beam_search(step, 2, options)
     assert [r.best.tokens for r in bound] == [r.best.tokens for r in host]
@@ -150,19 +152,18 @@ def test_edited_contract_is_refused(model_dir: Path) -> None:
     logits = TensorSpec("logits", "float32", (BATCH, manifest.dims.vocab_size + 1))
     edited = dataclasses.replace(spec, outputs=(logits, *spec.outputs[1:]))
     bad = dataclasses.replace(manifest, contract={**manifest.contract, DECODER_STEP: edited})
-    backend = OrtBackend(model_dir, bad, device="cpu")
+    backend = OrtBackend(ModelFolder(model_dir, bad), RuntimeOptions(device="cpu"))
     with pytest.raises(ContractError, match=r"decoder_step\.onnx.*logits"):
         backend.session(DECODER_STEP)
     renamed = dataclasses.replace(spec, inputs=(TensorSpec("tokens", "int64", (BATCH, 1)), *spec.inputs[1:]))
     bad = dataclasses.replace(manifest, contract={**manifest.contract, DECODER_STEP: renamed})
     with pytest.raises(ContractError, match=r"decoder_step\.onnx: inputs are"):
-        OrtBackend(model_dir, bad, device="cpu").session(DECODER_STEP)
+        OrtBackend(ModelFolder(model_dir, bad), RuntimeOptions(device="cpu")).session(DECODER_STEP)
 
 
 def test_swapped_graph_file_is_refused(model_dir: Path, tmp_path: Path) -> None:
     from rsicrc.runtime.backend import OrtBackend
-    from rsicrc.runtime.captioner import Captioner
-    from rsicrc.runtime.manifest import load_manifest
+    from rsicrc.runtime.manifest import load_manifest, sha256_file, write_manifest
 
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
@@ -170,10 +171,13 @@ def test_swapped_graph_file_is_refused(model_dir: Path, tmp_path: Path) -> None:
     files = manifest.graphs[manifest.default_precision]
     shutil.copyfile(copy / files["text_encoder"].file, copy / files[IMAGE_ENCODER].file)
     with pytest.raises(ModelFolderError, match=r"image_encoder\.onnx"):  # the sha256 no longer matches
-        Captioner(copy, device="cpu")
-    unchecked = load_manifest(copy, verify=False)
+        open_captioner(copy, device="cpu")
+    # the manifest edited to match the swapped file: the graph contract still refuses it
+    swapped = sha256_file(copy / files[IMAGE_ENCODER].file)
+    forged = {**files, IMAGE_ENCODER: dataclasses.replace(files[IMAGE_ENCODER], sha256=swapped)}
+    write_manifest(copy, dataclasses.replace(manifest, graphs={manifest.default_precision: forged}))
     with pytest.raises(ContractError, match=r"image_encoder\.onnx: inputs are \['input_ids'"):
-        OrtBackend(copy, unchecked, device="cpu").session(IMAGE_ENCODER)
+        OrtBackend(ModelFolder.open(copy), RuntimeOptions(device="cpu")).session(IMAGE_ENCODER)
 
 
 def test_unknown_precision_device_and_threads(model_dir: Path) -> None:
@@ -181,13 +185,15 @@ def test_unknown_precision_device_and_threads(model_dir: Path) -> None:
     from rsicrc.runtime.backend import OrtBackend
     from rsicrc.runtime.manifest import load_manifest
 
-    manifest = load_manifest(model_dir)
+    folder = ModelFolder(model_dir, load_manifest(model_dir))
     with pytest.raises(ModelFolderError, match="available precisions: .*fp32"):
-        OrtBackend(model_dir, manifest, precision="fp8", device="cpu")
+        OrtBackend(folder, RuntimeOptions(precision="fp8", device="cpu"))
     with pytest.raises(ConfigError, match="auto, cpu, cuda"):
-        OrtBackend(model_dir, manifest, device="tpu")
+        RuntimeOptions(device="tpu")
     with pytest.raises(ConfigError, match="threads"):
-        OrtBackend(model_dir, manifest, device="cpu", threads=0)
+        RuntimeOptions(device="cpu", threads=0)
+    with pytest.raises(ConfigError, match="onnxruntime, trt"):
+        RuntimeOptions(engine="tensorflow")
 
 
 def _gpu_usable() -> bool:
@@ -200,20 +206,16 @@ def _gpu_usable() -> bool:
 def test_cuda_requested_without_gpu_is_a_device_error(model_dir: Path) -> None:
     if _gpu_usable():
         pytest.skip("a GPU is usable here")
-    from rsicrc.runtime.captioner import Captioner
-
     with pytest.raises(DeviceError, match=r"CUDA requested but ONNX Runtime could not use it .*--device cpu"):
-        Captioner(model_dir, device="cuda")
-    assert Captioner(model_dir, device="auto").device == "cpu"
+        open_captioner(model_dir, device="cuda")
+    assert open_captioner(model_dir, device="auto").device == "cpu"
 
 
 @pytest.mark.requires_cuda
 def test_cuda_captions_equal_cpu(model_dir: Path, captioner) -> None:
     if not _gpu_usable():
         pytest.skip("needs onnxruntime-gpu and an NVIDIA GPU")
-    from rsicrc.runtime.captioner import Captioner
-
-    gpu = Captioner(model_dir, device="cuda")
+    gpu = open_captioner(model_dir, device="cuda")
     assert gpu.device == "cuda"
     before, after = random_pairs(3, seed=4)
     options = DecodingOptions(beam_size=3)
@@ -224,13 +226,13 @@ def test_cuda_captions_equal_cpu(model_dir: Path, captioner) -> None:
 
 
 def test_missing_model_folder_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rsicrc.runtime.captioner import Captioner
+    from rsicrc.runtime import ModelFolder
 
     with pytest.raises(ModelFolderError, match=r"no model at .*nope; export one with `rsicrc export"):
-        Captioner(tmp_path / "nope")
+        ModelFolder.open(tmp_path / "nope")
     monkeypatch.setenv("RSICRC_MODEL", str(tmp_path / "env-model"))
     with pytest.raises(ModelFolderError, match="env-model"):
-        Captioner()
+        ModelFolder.open()
 
 
 # --- list_pairs -----------------------------------------------------------------------------------

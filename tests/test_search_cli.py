@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from conftest import assert_one_line_error
 from rsicrc.cli.main import app
-from rsicrc.runtime.index import INDEX_FILE
+from rsicrc.runtime.index_format import INDEX_FILE
+from rsicrc.runtime.options import RuntimeOptions
 from rsicrc.runtime.retriever import Retriever
 
 runner = CliRunner()
@@ -50,7 +51,7 @@ def _invoke(*args: str | Path):
 
 
 def test_search_equals_the_retriever(index_dir: Path, model_dir: Path) -> None:
-    expected = Retriever(index_dir, model_dir, device="cpu").search([QUERY], top_k=4)[0]
+    expected = Retriever(index_dir, model_dir, RuntimeOptions(device="cpu")).search([QUERY], top_k=4)[0]
     result = _invoke("search", QUERY, "--index", index_dir, "--model", model_dir, "--top-k", "4", "--json")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
@@ -135,8 +136,14 @@ def test_search_errors_are_one_line(tmp_path: Path, index_dir: Path, model_dir: 
     assert_one_line_error(_invoke("search", "--queries", tmp_path / "q.txt", "--index", index_dir, *base),
                            "holds no queries")
     assert_one_line_error(_invoke("search", "?!", "--index", index_dir, *base), "has no words")
-    assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--backend", "annoy", *base),
-                           "unknown backend 'annoy'", "exact, quantized, faiss")
+    assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--search", "annoy", *base),
+                           "unknown search 'annoy'", "exact, quantized, faiss")
+    assert_one_line_error(_invoke("search", QUERY, "--index", index_dir, "--engine", "tf", *base),
+                           "unknown engine 'tf'", "onnxruntime, trt")
+    old = _invoke("search", QUERY, "--index", index_dir, "--backend", "quantized", "--json", *base)
+    assert old.exit_code == 0 and json.loads(old.stdout)  # last release's spelling, with a warning
+    assert old.stderr.strip() == "warning: --backend is deprecated and will be removed in the next " \
+                                 "release; use --search"
     damaged = Path(shutil.copytree(index_dir, tmp_path / "damaged"))
     npy = next(damaged.glob("shard-*.npy"))
     npy.write_bytes(npy.read_bytes()[:-8])

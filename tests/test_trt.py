@@ -23,7 +23,6 @@ from rsicrc.errors import ConfigError, ContractError, DependencyError, DeviceErr
 from rsicrc.export.fp16 import convert_to_fp16, fp32_tensor_names, precision_counts
 from rsicrc.export.trt import (
     ProfileOptions,
-    atomic_write_bytes,
     dim_ranges,
     engine_file_name,
     features_for,
@@ -32,8 +31,9 @@ from rsicrc.export.trt import (
     timing_cache_name,
     with_engines,
 )
+from rsicrc.files import write_atomic
 from rsicrc.runtime.backend import OrtBackend
-from rsicrc.runtime.compare import QUERIES, TOLERANCES, compare_backends
+from rsicrc.runtime.compare import QUERIES, TOLERANCES, CheckReport, GraphInputs, compare_graphs
 from rsicrc.runtime.contract import (
     BATCH,
     DECODER_STEP,
@@ -44,6 +44,7 @@ from rsicrc.runtime.contract import (
     GraphSpec,
     TensorSpec,
 )
+from rsicrc.runtime.cuda import cuda_check
 from rsicrc.runtime.manifest import (
     EngineRecord,
     GraphFile,
@@ -52,20 +53,21 @@ from rsicrc.runtime.manifest import (
     sha256_file,
     write_manifest,
 )
+from rsicrc.runtime.model_folder import ModelFolder
+from rsicrc.runtime.options import RuntimeOptions
 from rsicrc.runtime.preprocess import preprocess_batch
-from rsicrc.runtime.trt_backend import (
+from rsicrc.runtime.trt_records import (
     MachineInfo,
     check_profile,
     copy_runs,
-    cuda_check,
     engine_key,
     engine_problem,
-    make_backend,
     parse_trt_version,
     record_key,
     require_engine,
     require_supported,
 )
+from rsicrc.vocab import text_batch, tokenize
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 runner = CliRunner()
@@ -267,21 +269,33 @@ def fp16_folder(tiny_model: Path, fp16_models, tmp_path_factory: pytest.TempPath
     return folder
 
 
+def _check(reference, candidate, folder: ModelFolder, before: np.ndarray, after: np.ndarray,
+           tolerance: float, steps: int, label: str = "candidate") -> CheckReport:
+    """`rsicrc check`'s comparison of two backends on these pairs and one query per pair."""
+    ids, mask = text_batch(folder.vocab, [tokenize(QUERIES[i % len(QUERIES)]) for i in range(len(before))],
+                           folder.max_len)
+    comparison = compare_graphs(reference.run, candidate.run, folder.manifest.contract, folder.dims,
+                                GraphInputs(before, after, ids, mask, "test pairs"), steps=range(steps))
+    return CheckReport(label, len(before), comparison, tolerance)
+
+
 def test_ort_cpu_runs_the_fp16_graphs_close_to_fp32(fp16_folder: Path) -> None:
-    """ONNX Runtime's CPU provider can run the converted graphs; compare_backends finds them within
-    the fp16 tolerance of fp32 on real pairs, and out of a tolerance fp16 cannot meet."""
-    manifest = load_manifest(fp16_folder)
+    """ONNX Runtime's CPU provider can run the converted graphs; the comparison of `rsicrc check` finds
+    them within the fp16 tolerance of fp32 on real pairs, and out of a tolerance fp16 cannot meet."""
+    folder = ModelFolder.open(fp16_folder)
+    manifest = folder.manifest
     before, after, _ = _real_pairs(3, manifest.dims.image_size)
-    reference = OrtBackend(fp16_folder, manifest, "fp32", device="cpu", threads=1)
-    half = OrtBackend(fp16_folder, manifest, "fp16", device="cpu", threads=1)
-    report = compare_backends(reference, half, manifest, before, after, QUERIES, TOLERANCES["fp16"], steps=3,
-                              label="onnxruntime fp16")
+    reference = OrtBackend(folder, RuntimeOptions(precision="fp32", device="cpu", threads=1))
+    half = OrtBackend(folder, RuntimeOptions(precision="fp16", device="cpu", threads=1))
+    report = _check(reference, half, folder, before, after, TOLERANCES["fp16"], steps=3,
+                    label="onnxruntime fp16")
     assert report.ok, "\n".join(report.lines())
-    outputs = {(c.graph, c.output) for c in report.checks}
-    assert outputs == {(g, t.name) for g in GRAPHS for t in manifest.contract[g].outputs}
-    assert all(c.max_abs_diff > 0 for c in report.checks)  # it really ran in fp16
-    assert report.argmax_agreement >= 0.75 and report.steps == 3
-    strict = compare_backends(reference, half, manifest, before, after, QUERIES, 1e-7, steps=1)
+    checks = report.comparison.outputs
+    want = {(g, t.name) for g in GRAPHS for t in manifest.contract[g].outputs}
+    assert {(c.graph, c.output) for c in checks} == want
+    assert all(c.max_abs_diff > 0 for c in checks)  # it really ran in fp16
+    assert report.comparison.argmax_agreement >= 0.75 and report.comparison.steps == 3
+    strict = _check(reference, half, folder, before, after, 1e-7, steps=1)
     assert not strict.ok
 
 
@@ -295,14 +309,20 @@ def test_check_command_compares_with_onnxruntime(fp16_folder: Path, tmp_path: Pa
             (samples / side).mkdir(parents=True)
             for i, a in enumerate(arrays):
                 Image.fromarray(a).save(samples / side / f"p{i}.png")
-    base = ["check", str(fp16_folder), "--data", str(samples), "--backend", "onnxruntime",
+    base = ["check", str(fp16_folder), "--data", str(samples), "--engine", "onnxruntime",
             "--precision", "fp16"]
-    result = runner.invoke(app, [*base, "--pairs", "2", "--device", "cpu", "--json"])
+    result = runner.invoke(app, [*base, "--count", "2", "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ok"] and report["pairs"] == 2 and report["candidate"] == "onnxruntime fp16"
-    failing = runner.invoke(app, [*base, "--tolerance", "1e-9", "--pairs", "1"])
+    failing = runner.invoke(app, [*base, "--tolerance", "1e-9", "--count", "1"])
     assert failing.exit_code == 1 and "FAIL" in failing.stdout
+    # the spellings of the last release still work, with a warning
+    old = runner.invoke(app, ["check", str(fp16_folder), "--data", str(samples), "--backend", "onnxruntime",
+                              "--precision", "fp16", "--pairs", "1", "--device", "cpu", "--json"])
+    assert old.exit_code == 0 and json.loads(old.stdout)["pairs"] == 1
+    assert "--backend is deprecated" in old.stderr and "use --engine" in old.stderr
+    assert "--pairs is deprecated" in old.stderr and "use --count" in old.stderr
 
 
 # --- engine records in the manifest ------------------------------------------------------------
@@ -406,11 +426,16 @@ def test_profile_check_and_copy_runs(tiny_model: Path) -> None:
 
 def test_atomic_writes_and_file_names(tmp_path: Path) -> None:
     path = tmp_path / "engine.plan"
-    atomic_write_bytes(path, b"first")
-    atomic_write_bytes(path, b"second")
+    write_atomic(path, b"first")
+    write_atomic(path, b"second")
     assert path.read_bytes() == b"second"
-    with pytest.raises(TypeError):
-        atomic_write_bytes(path, "not bytes")  # type: ignore[arg-type]  # fails mid-write
+
+    def fails_mid_write(f) -> None:  # noqa: ANN001
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, fails_mid_write)
     assert path.read_bytes() == b"second" and [p.name for p in tmp_path.iterdir()] == ["engine.plan"]
     key = "0123456789abcdef" * 4
     assert engine_file_name(DECODER_STEP, "fp16", key) == "decoder_step.fp16.0123456789abcdef.plan"
@@ -593,7 +618,7 @@ def test_cuda_error_tuples() -> None:
     err, count = rt.cudaGetDeviceCount()
     if err == rt.cudaError_t.cudaSuccess and count > 0:
         pytest.skip("a CUDA device is usable here")
-    from rsicrc.runtime.trt_backend import CudaRuntime
+    from rsicrc.runtime.cuda import CudaRuntime
 
     with pytest.raises(DeviceError, match="cudaSetDevice"):
         CudaRuntime()
@@ -604,22 +629,22 @@ def test_without_tensorrt_every_entry_point_says_so_in_one_line(tiny_model: Path
     from rsicrc.cli.main import app
     from rsicrc.runtime.captioner import Captioner
 
-    manifest = load_manifest(tiny_model)
+    folder = ModelFolder.open(tiny_model)
     with pytest.raises(DependencyError, match="TensorRT is not installed"):
-        make_backend("trt", tiny_model, manifest, "fp16")
+        folder.backend(RuntimeOptions(engine="trt", precision="fp16"))
     with pytest.raises(DependencyError, match="TensorRT is not installed"):
-        Captioner(tiny_model, backend="trt")
+        Captioner(folder, RuntimeOptions(engine="trt"))
     with pytest.raises(ConfigError, match="onnxruntime, trt"):
-        make_backend("tensorflow", tiny_model, manifest)
+        RuntimeOptions(engine="tensorflow")
     with pytest.raises(ConfigError, match="CUDA only"):
-        make_backend("trt", tiny_model, manifest, device="cpu")
+        folder.backend(RuntimeOptions(engine="trt", device="cpu"))
     out, pairs = tmp_path / "model", tmp_path / "pairs"
     for side, arrays in zip("AB", random_pairs(1, seed=4), strict=True):
         (pairs / side).mkdir(parents=True)
         Image.fromarray(arrays[0]).save(pairs / side / "p.png")
     for args in (["build-engines", str(tiny_model), "--precision", "fp16"],
                  ["export", str(tiny_model.parent / "ckpt"), "--out", str(out), "--trt", "--fp16"],
-                 ["check", str(tiny_model), "--data", str(pairs), "--backend", "trt", "--pairs", "1"]):
+                 ["check", str(tiny_model), "--data", str(pairs), "--engine", "trt", "--count", "1"]):
         result = runner.invoke(app, args)
         err = result.stderr.strip()
         assert result.exit_code == 2 and len(err.splitlines()) == 1, (args, result.output)
@@ -662,13 +687,14 @@ def test_build_check_and_caption_with_tensorrt(engine_folder: Path, precision: s
     assert not any(e.built for e in again.engines)  # matching engines are kept
     manifest = load_manifest(engine_folder)
     before, after, _ = _real_pairs(3, manifest.dims.image_size)
-    reference = OrtBackend(engine_folder, manifest, "fp32", device="cpu")
-    check = compare_backends(reference, make_backend("trt", engine_folder, manifest, precision), manifest,
-                             before, after, QUERIES, TOLERANCES[precision], steps=4)
+    folder = ModelFolder.open(engine_folder)
+    reference = folder.backend(RuntimeOptions(precision="fp32", device="cpu"))
+    candidate = folder.backend(RuntimeOptions(engine="trt", precision=precision))
+    check = _check(reference, candidate, folder, before, after, TOLERANCES[precision], steps=4)
     assert check.ok, "\n".join(check.lines())
     if precision == "fp32":  # the same beam search on the same logits: the same tokens
         options = DecodingOptions(beam_size=3)
-        ort = Captioner(engine_folder, device="cpu").caption_preprocessed(before, after, options)
-        trt = Captioner(engine_folder, backend="trt", precision="fp32").caption_preprocessed(before, after,
-                                                                                             options)
+        ort = Captioner(folder, RuntimeOptions(device="cpu")).caption_preprocessed(before, after, options)
+        trt = Captioner(folder, RuntimeOptions(engine="trt", precision="fp32")).caption_preprocessed(
+            before, after, options)
         assert [r.tokens for r in trt] == [r.tokens for r in ort]
