@@ -7,12 +7,17 @@ from pathlib import Path
 import typer
 
 from rsicrc.cli.common import (
+    CLUSTER,
     DEVICE,
     ENGINE,
+    GPUS_PER_WORKER,
     MODEL,
     OLD_BACKEND,
     PRECISION,
     THREADS,
+    WORKER_THREADS,
+    WORKERS,
+    cluster_options,
     guarded,
     print_json,
     runtime_options,
@@ -50,13 +55,18 @@ def caption(
                                     "object per pair: id, before, after, caption, score).",
                                     show_default=False),
     quiet: bool = typer.Option(False, "--quiet", help="With --pairs: no progress bar."),
+    cluster: str = CLUSTER,
+    workers: int | None = WORKERS,
+    worker_threads: int | None = WORKER_THREADS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     backend: str | None = OLD_BACKEND,
 ) -> None:
     """Describe what changed between a BEFORE and an AFTER image, with an exported model.
 
     Needs no PyTorch: the model folder holds ONNX graphs run by ONNX Runtime. One pair prints
     the caption (or JSON with --json); --pairs SOURCE --out FILE.jsonl captions many pairs in
-    batches and writes the file only when all of them succeeded.
+    batches and writes the file only when all of them succeeded; with --cluster ray[:ADDRESS],
+    Ray workers caption the batches and this process writes the file.
     """
     setup_logging()
 
@@ -66,6 +76,9 @@ def caption(
         options = DecodingOptions(beam_size=beam, length_penalty=length_penalty)
         runtime = runtime_options(engine, device, precision, threads, backend)
         chosen_bands = parse_bands(bands) if bands is not None else None
+        where = cluster_options(cluster, workers, worker_threads, gpus_per_worker)
+        if pairs is None and not where.is_local:
+            raise ConfigError("--cluster ray applies to --pairs; one pair is captioned here")
         if pairs is not None:
             if before is not None or after is not None:
                 raise ConfigError("give either BEFORE AFTER or --pairs SOURCE, not both")
@@ -76,7 +89,8 @@ def caption(
             from rsicrc.runtime.pairs import caption_pairs
 
             return caption_pairs(pairs, out, options, model_dir=model, runtime=runtime, split=split,
-                                 batch_size=batch_size, bands=chosen_bands, progress=not quiet)
+                                 batch_size=batch_size, bands=chosen_bands, progress=not quiet,
+                                 cluster=where)
         if before is None or after is None:
             raise ConfigError("give BEFORE and AFTER image files, or --pairs SOURCE --out FILE.jsonl")
         if out is not None or split is not None:
