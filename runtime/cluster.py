@@ -185,7 +185,9 @@ def ray_session(cluster: ClusterOptions) -> Iterator[tuple[Any, bool]]:
     if ray.is_initialized():
         yield ray, False
         return
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+    # Errors come back as results; Ray's own worker and raylet logs stay in its session folder
+    # (/tmp/ray/session_latest/logs) instead of interleaving with the driver's progress and errors.
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if cluster.address is None:
         kwargs["include_dashboard"] = False
     else:
