@@ -59,6 +59,7 @@ RAY_TESTED = ((2, 44), (2, 60))  # oldest and newest Ray minor versions the test
 RAY_REQUIREMENT = "ray[data]>=2.44,<2.61"  # the [ray] extra in pyproject.toml
 COMPUTE_SINCE = (2, 51)  # first Ray whose map_batches takes compute= (and deprecates concurrency=)
 TASK_RETRIES = 3  # retries of a unit whose worker died; a unit that kills its worker 4 times fails
+CONNECT_TIMEOUT_S = 10.0  # how long preflight waits for the cluster's address to answer
 MAX_BLOCKS = 4096  # Ray Data blocks at most: one unit per block up to here, then units share blocks
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,27 @@ def import_ray() -> Any:
         log.warning("warning: ray %s is newer than the versions rsicrc was tested with (%s)", ray.__version__,
                     RAY_REQUIREMENT)
     return ray
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of "HOST:PORT" or "ray://HOST:PORT"; None for names Ray resolves itself (auto)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def preflight(cluster: ClusterOptions) -> None:
+    """Before anything is written: Ray is installed, and something answers at the cluster's
+    address (Ray itself retries a dead address for minutes, printing a warning every few seconds)."""
+    import_ray()
+    target = _host_port(cluster.address) if cluster.address else None
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ClusterError(f"cannot join the Ray cluster at {cluster.address}: nothing answers at "
+                           f"{target[0]}:{target[1]} ({e.strerror or type(e).__name__}); start it with "
+                           "`ray start --head` or check the address") from None
 
 
 def actor_pool(ray: Any, workers: int) -> dict[str, Any]:

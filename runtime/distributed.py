@@ -31,7 +31,7 @@ import numpy as np
 from rsicrc.checks import positive_int
 from rsicrc.files import write_atomic
 from rsicrc.runtime.captioner import Captioner
-from rsicrc.runtime.cluster import ClusterOptions, chunks, execute, import_ray, worker_runtime
+from rsicrc.runtime.cluster import ClusterOptions, chunks, execute, preflight, worker_runtime
 from rsicrc.runtime.decoding import DecodingOptions
 from rsicrc.runtime.encoders import ImageEncoder
 from rsicrc.runtime.index import IndexWriter
@@ -93,7 +93,7 @@ def index_on_cluster(source: Path, index_dir: Path, model_dir: Path | None, runt
     or joined only when the index lacks some of the listed ids."""
     positive_int(batch_size, "batch size")
     worker_runtime(cluster, runtime)  # bad option combinations fail before any listing
-    import_ray()  # and a missing Ray before the index folder is created
+    preflight(cluster)  # and a missing Ray or a dead address before the index folder is created
     entries = _entries(source, split)
     index_dir = Path(index_dir)
     if runtime.precision is None and (index_dir / INDEX_FILE).is_file():
@@ -118,7 +118,7 @@ def caption_on_cluster(source: Path, out: Path, options: DecodingOptions, model_
     """`caption_pairs` with the batches captioned by Ray workers; the JSONL is written in the
     listing's order once all are back (module docstring). Returns the number of pairs written."""
     worker_runtime(cluster, runtime)
-    import_ray()
+    preflight(cluster)
     items = list_pairs(source, split)
     _check_run(out, batch_size)
     folder, runtime = _resolved(cluster, model_dir, runtime)

@@ -166,6 +166,21 @@ def test_without_ray_a_clear_error_and_nothing_written(tmp_path: Path, dataset: 
     assert json.loads(local.stdout)["total"] == 20
 
 
+def test_a_dead_address_is_one_line_and_nothing_written(tmp_path: Path, dataset: Path,
+                                                        model_dir: Path) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "captions.jsonl"
+    proc = subprocess.run([sys.executable, "-c", "from rsicrc.cli.main import main; main()", "caption",
+                           "--pairs", str(dataset), "--out", str(out), "--model", str(model_dir),
+                           "--cluster", "ray:127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=DEADLINE_S)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: cannot join the Ray cluster at 127.0.0.1:1: nothing answers at 127.0.0.1:1 (Connection "
+        "refused); start it with `ray start --head` or check the address"]
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- a local Ray instance ------------------------------------------------------------------------
 
 
