@@ -61,8 +61,10 @@ class Georeference:
         else:
             from rasterio.warp import transform
 
-            xs, ys = zip(*(self.transform * corner for corner in corners), strict=True)
-            lon, lat = transform(self.crs, WGS84, list(xs), list(ys))
+            t = self.transform  # written out: affine's `*` is deprecated, its `@` too new for rasterio 1.3
+            xs = [t.a * c + t.b * r + t.c for c, r in corners]
+            ys = [t.d * c + t.e * r + t.f for c, r in corners]
+            lon, lat = transform(self.crs, WGS84, xs, ys)
             points = [(round(x, DECIMALS), round(y, DECIMALS)) for x, y in zip(lon, lat, strict=True)]
         ring = _counter_clockwise(points)
         return [list(p) for p in ring + ring[:1]]

@@ -32,7 +32,7 @@ from rsicrc.runtime.images import (
 )
 from rsicrc.runtime.scene.grid import PixelWindow
 
-GDAL_CACHE_BYTES = 64 * 2**20  # GDAL's block cache while a scene is open: memory must not grow with it
+GDAL_CACHE_BYTES = 16 * 2**20  # GDAL block cache while a scene is open: bounded, not growing with the scene
 _EDGE = 1e-6  # pixel fraction below which a footprint edge counts as on a pixel boundary
 
 
@@ -117,8 +117,10 @@ def _intersection(before: Any, after: Any) -> PixelWindow | None:
     from rasterio.warp import transform_bounds
 
     left, bottom, right, top = transform_bounds(after.crs, before.crs, *after.bounds, densify_pts=21)
-    inverse = ~before.transform
-    cols, rows = zip(*(inverse * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    i = ~before.transform  # applied by hand: affine's `*` is deprecated, its `@` too new for rasterio 1.3
+    corners = [(x, y) for x in (left, right) for y in (bottom, top)]
+    cols = [i.a * x + i.b * y + i.c for x, y in corners]
+    rows = [i.d * x + i.e * y + i.f for x, y in corners]
     c0 = max(0, math.ceil(min(cols) - _EDGE))
     r0 = max(0, math.ceil(min(rows) - _EDGE))
     c1 = min(before.width, math.floor(max(cols) + _EDGE))
@@ -232,8 +234,9 @@ class ScenePair:
         elif self.alignment.warped:  # warp straight onto the coarse grid: no full-resolution warp
             from rasterio.transform import Affine
 
-            coarse = self.before.window_transform(self._window(w)) * Affine.scale(w.width / shape[1],
-                                                                                   w.height / shape[0])
+            t = self.before.window_transform(self._window(w))
+            sx, sy = w.width / shape[1], w.height / shape[0]  # = t * Affine.scale(sx, sy)
+            coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
             data = self._warped(coarse, shape[1], shape[0], "nearest", alpha=True)
             after, valid_a = self._read(1, data, data, PixelWindow(0, 0, shape[1], shape[0]), None)
         else:
