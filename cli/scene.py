@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rsicrc.runtime.scene import SceneReport
 
 # The defaults live in SceneOptions / ScenePairSpec; these mirror them for --help (a test checks).
-TILE, OVERLAP, BATCH, TOP_K, MAX_NODATA, GATE_MARGIN = 256, 0, 16, 20, 0.5, 0.0
+TILE, OVERLAP, BATCH, TOP_K, MAX_NODATA, GATE_MARGIN = 256, 0, 16, 20, 0.5, 0.05
 INTERRUPTED = 130  # exit code after Ctrl-C, as for any command
 
 

@@ -51,6 +51,17 @@ def test_help_explains_the_command() -> None:
         assert words in text
 
 
+def test_cli_defaults_are_the_library_defaults() -> None:
+    from rsicrc.cli import scene as cli
+    from rsicrc.runtime.scene import SceneOptions
+    from rsicrc.synth.scene_pair import ScenePairSpec
+
+    d = SceneOptions()
+    assert (cli.TILE, cli.OVERLAP, cli.BATCH, cli.TOP_K, cli.MAX_NODATA, cli.GATE_MARGIN) == (
+        d.tile, d.overlap, d.batch_size, d.top_k, d.max_nodata, d.gate_margin)
+    assert ScenePairSpec(rows=1, cols=1).tile == cli.TILE
+
+
 def test_json_summary_and_files(scene: Path, tiny_model: Path, tmp_path: Path) -> None:
     out, look = tmp_path / "changes.geojson", tmp_path / "look.png"
     result = _scene(
@@ -233,7 +244,7 @@ def test_ctrl_c_writes_a_valid_partial_file_without_torch(tiny_model: Path, tmp_
 
 
 RSS = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     from rsicrc.runtime.decoding import DecodingOptions
     from rsicrc.runtime.scene import SceneOptions, caption_scene
@@ -243,8 +254,9 @@ RSS = textwrap.dedent("""
     options = SceneOptions(tile=256, batch_size=8, decoding=DecodingOptions(beam_size=1), bands=(1, 2, 3),
                            progress=False, model=ModelOptions(model_dir=Path(model), device="cpu", threads=1))
     report = caption_scene(Path(before), Path(after), Path(out), options)
-    print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "tiles": report.counts["processed"]}))
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"rss_kib": hwm, "tiles": report.counts["processed"]}))
 """)
 
 
