@@ -58,7 +58,13 @@ def test_cli_defaults_are_the_library_defaults() -> None:
 
     d = SceneOptions()
     assert (cli.TILE, cli.OVERLAP, cli.BATCH, cli.TOP_K, cli.MAX_NODATA, cli.GATE_MARGIN) == (
-        d.tile, d.overlap, d.batch_size, d.top_k, d.max_nodata, d.gate_margin)
+        d.tile,
+        d.overlap,
+        d.batch_size,
+        d.top_k,
+        d.max_nodata,
+        d.gate_margin,
+    )
     assert ScenePairSpec(rows=1, cols=1).tile == cli.TILE
 
 
@@ -301,3 +307,32 @@ def test_peak_memory_does_not_grow_with_the_scene(tiny_model: Path, tmp_path: Pa
     large = _peak_rss(tmp_path, tiny_model, 3072)  # 9x the pixels: 144 MiB of uint16 over both dates
     assert (small["tiles"], large["tiles"]) == (16, 144)
     assert large["rss_kib"] <= 1.15 * small["rss_kib"], (small, large)
+
+
+def test_one_stderr_line_in_a_real_process(scene: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """Outside CliRunner logging reaches stderr too: a late error must still be the only line."""
+    out = tmp_path / "x.geojson"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rsicrc.cli.main import main; main()",
+            "scene",
+            str(scene / "before.tif"),
+            str(scene / "after.tif"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model),
+            "--tile",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert run.returncode == 2 and not out.exists()
+    assert run.stderr.strip().splitlines() == [
+        "error: --tile 8 does not fit this model (input 64 px): give 32..512 pixels of the native grid"
+    ]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rsicrc.checks import one_of
 from rsicrc.runtime.captioner import Captioner
 from rsicrc.runtime.contract import AFTER, BEFORE, IMAGE_ENCODER, VISUAL_EMBEDDING, cross_names
 from rsicrc.runtime.decoding import DecodingOptions, beam_search
@@ -35,6 +36,9 @@ class ModelOptions:
     device: str = "auto"  # auto, cpu or cuda
     precision: str | None = None  # fp32, int8, fp16; None: the model folder's default
     threads: int | None = None  # CPU threads per graph; None: ONNX Runtime's choice
+
+    def __post_init__(self) -> None:
+        one_of(self.engine, ENGINES, "--engine")
 
 
 @dataclass(frozen=True)

@@ -186,12 +186,12 @@ def caption_scene(before: Path, after: Path, out: Path, options: SceneOptions | 
     timer = _Timer()
     began = time.perf_counter()
     with timer("open", lambda: ScenePair(before, after, options.bands)) as scene:
-        log.info(scene.alignment.describe())
         model = timer("load_model", lambda: SceneModel(options.model))
         tile, overlap = check_tile(options.tile, options.overlap, model.input_size)
         tiles = tile_grid(scene.alignment.window, tile, overlap)
         stretch = timer("fit_stretch", lambda: fit_stretch(scene))
         loop = _TileLoop(scene, model, stretch, options, timer)
+        log.info(scene.alignment.describe())  # only now: bad input stays a single error line
         log.info(f"captioning {len(tiles)} tiles of {tile} px (overlap {overlap})")
         start = time.perf_counter()
         complete = loop.run(tiles)
