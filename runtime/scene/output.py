@@ -70,30 +70,42 @@ def _wkb_polygon(ring: list[list[float]]) -> bytes:
         struct.pack("<dd", x, y) for x, y in ring)
 
 
+# GeoPackage columns and their types, whatever the features hold (an empty layer keeps its schema).
+_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("number", np.int64), ("caption", object), ("score", np.float64), ("changed", np.bool_),
+    ("row", np.int64), ("col", np.int64), ("tile_id", object), ("gate_score", np.float64),
+    ("beams", object), ("window_col_off", np.int64), ("window_row_off", np.int64),
+    ("window_width", np.int64), ("window_height", np.int64))
+_QUERY_COLUMNS: tuple[tuple[str, Any], ...] = (("rank", np.int64), ("similarity", np.float64))
+
+
+def _value(props: dict[str, Any], name: str) -> Any:
+    if name == "beams":
+        return json.dumps(props["beams"])
+    if name.startswith("window_"):
+        return props["window"][name[len("window_"):]]
+    return props.get(name)
+
+
 def write_gpkg(path: Path, collection: dict[str, Any]) -> None:
     """The same features as a GeoPackage layer `changes`, atomically."""
     raw = _pyogrio()
     features = collection["features"]
-    names = [k for k in features[0]["properties"] if k not in ("beams", "window")] if features else ["number"]
-    columns: dict[str, list[Any]] = {name: [f["properties"].get(name) for f in features] for name in names}
-    columns["beams"] = [json.dumps(f["properties"]["beams"]) for f in features]
-    for key in ("col_off", "row_off", "width", "height"):
-        columns[f"window_{key}"] = [f["properties"]["window"][key] for f in features]
+    meta = collection["rsicrc"]
+    columns = _COLUMNS + (_QUERY_COLUMNS if meta.get("query") else ())
     field_data, masks = [], []
-    for values in columns.values():
+    for name, dtype in columns:
+        values = [_value(f["properties"], name) for f in features]
         missing = np.array([v is None for v in values], dtype=bool)  # [n]
-        kind = next((type(v) for v in values if v is not None), str)
-        dtype = {bool: np.bool_, int: np.int64, float: np.float64}.get(kind, object)
-        filled = [v if v is not None else (0 if dtype is not object else "") for v in values]
-        field_data.append(np.array(filled, dtype=dtype))
+        blank = "" if dtype is object else 0
+        field_data.append(np.array([blank if v is None else v for v in values], dtype=dtype))
         masks.append(missing if missing.any() else None)
     geometry = np.array([_wkb_polygon(f["geometry"]["coordinates"][0]) for f in features], dtype=object)
-    meta = collection["rsicrc"]
     crs = WGS84 if meta["coordinates"].startswith("WGS84") else None
     buffer = io.BytesIO()
     logging.getLogger("pyogrio").setLevel(logging.WARNING)  # not "Created N records" on every run
-    raw.write(buffer, geometry, field_data, list(columns), field_mask=masks, layer=LAYER, driver="GPKG",
-              geometry_type="Polygon", crs=crs, dataset_metadata={"rsicrc": json.dumps(meta)})
+    raw.write(buffer, geometry, field_data, [name for name, _ in columns], field_mask=masks, layer=LAYER,
+              driver="GPKG", geometry_type="Polygon", crs=crs, dataset_metadata={"rsicrc": json.dumps(meta)})
     write_atomic(path, buffer.getvalue())
 
 

@@ -133,9 +133,11 @@ class _TileLoop:
                 captions = self.timer("decode", lambda e=encoded, r=rows: self.model.caption(
                     e.take(r), self.options.decoding))
             for k, ((similarity, _, tile), c) in enumerate(zip(chunk, captions, strict=True)):
+                changed = c is not None and not is_no_change(c.caption)
                 results.append(TileResult(tile, c.caption if c else None, c.score if c else None,
-                                          c.beams if c else (), bool(c) and not is_no_change(c.caption), None,
-                                          similarity, start + k + 1))
+                                          c.beams if c else (), changed, None, similarity, start + k + 1))
+                self.counts["decoded"] += c is not None
+                self.counts["changed"] += changed
         return results
 
 
