@@ -15,6 +15,7 @@ Full decoding's own verdict is `is_no_change`: the caption is one of the no-chan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +68,8 @@ class ChangeGate:
         return self.scores(embedding) <= self.margin
 
 
-def build_gate(embed_text: object, margin: float = DEFAULT_MARGIN) -> ChangeGate:
+def build_gate(embed_text: Callable[[list[str]], np.ndarray], margin: float = DEFAULT_MARGIN) -> ChangeGate:
     """Embed the reference sentences with `embed_text` (texts -> L2-normalised [n, C])."""
-    no_change = embed_text(list(NO_CHANGE_SENTENCES))  # type: ignore[operator]
-    change = embed_text(list(CHANGE_SENTENCES))  # type: ignore[operator]
+    no_change = embed_text(list(NO_CHANGE_SENTENCES))  # [5, C]
+    change = embed_text(list(CHANGE_SENTENCES))  # [m, C]
     return ChangeGate(np.asarray(no_change, np.float32), np.asarray(change, np.float32), float(margin))
