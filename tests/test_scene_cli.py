@@ -336,3 +336,58 @@ def test_one_stderr_line_in_a_real_process(scene: Path, tiny_model: Path, tmp_pa
     assert run.stderr.strip().splitlines() == [
         "error: --tile 8 does not fit this model (input 64 px): give 32..512 pixels of the native grid"
     ]
+
+
+def test_synth_scene_writes_georeferenced_rasters_and_truth(tmp_path: Path) -> None:
+    import rasterio
+
+    args = [
+        "synth-scene",
+        "--rows",
+        "2",
+        "--cols",
+        "3",
+        "--tile",
+        "64",
+        "--seed",
+        "4",
+        "--changed",
+        "0.5",
+        "--quiet",
+    ]
+    first = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "a"), "--dtype", "uint16", "--nodata-tiles", "1"]
+    )
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "b"), "--dtype", "uint16", "--nodata-tiles", "1"]
+    )
+    assert (
+        again.exit_code == 0
+        and (tmp_path / "a" / "before.tif").read_bytes() == (tmp_path / "b" / "before.tif").read_bytes()
+    )  # deterministic for a seed
+    truth = json.loads((tmp_path / "a" / "truth.json").read_text())
+    assert len(truth["changed_tiles"]) == 3 and truth["nodata_tiles"] == ["r001c002"]
+    assert truth["rgb_bands"] == [3, 2, 1] and len(truth["tiles"]) == 6
+    assert all(t["caption"] for t in truth["tiles"]) and all(
+        t["changes"] for t in truth["tiles"] if t["changed"]
+    )
+    with (
+        rasterio.open(tmp_path / "a" / "before.tif") as ds,
+        rasterio.open(tmp_path / "a" / "after.tif") as af,
+    ):
+        assert (ds.crs.to_string(), ds.count, ds.dtypes[0], ds.nodata) == ("EPSG:32632", 4, "uint16", 0)
+        assert tuple(ds.transform)[:6] == (0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0) and ds.shape == (
+            128,
+            192,
+        )
+        assert (af.read(1)[64:, 128:] == 0).all() and (af.read(1)[:64] > 0).all()
+    warped = runner.invoke(app, [*args, "--out", str(tmp_path / "w"), "--after-crs", "EPSG:32633"])
+    assert warped.exit_code == 0, warped.output
+    with rasterio.open(tmp_path / "w" / "after.tif") as af:
+        assert af.crs.to_string() == "EPSG:32633"
+    err = assert_one_line_error(runner.invoke(app, [*args, "--out", str(tmp_path / "a")]))
+    assert "already exists and is not empty" in err
+    assert "dtype" in assert_one_line_error(
+        runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--dtype", "u4"])
+    )
