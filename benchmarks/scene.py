@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rsicrc.runtime.scene.gate import DEFAULT_MARGIN
+
 SCENE_RUN = """
 import json, sys, time
 from pathlib import Path
@@ -38,6 +40,7 @@ from rsicrc.runtime.scene.model import ModelOptions
 
 args = json.loads(sys.argv[1])
 options = SceneOptions(tile=args["tile"], batch_size=args["batch"], all_tiles=args["all_tiles"],
+                       gate_margin=args["gate_margin"],
                        decoding=DecodingOptions(beam_size=args["beam"]), progress=False,
                        model=ModelOptions(model_dir=Path(args["model"]), device="cpu",
                                           precision=args["precision"], threads=args["threads"]))
@@ -45,6 +48,11 @@ report = caption_scene(Path(args["before"]), Path(args["after"]), Path(args["out
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({**report.to_dict(), "peak_rss_mb": hwm / 1024}))
 """
+
+
+ENCODE_ONLY = -2.0  # a gate margin no cosine difference reaches: every tile skipped, nothing decoded
+# speed cases: (name, all_tiles, gate margin)
+CASES = (("gate", False, None), ("all_tiles", True, None), ("encode_only", False, ENCODE_ONLY))
 
 
 def _load() -> list[float]:
@@ -78,6 +86,7 @@ def run_scene(
     all_tiles: bool = False,
     precision: str | None = None,
     threads: int | None = None,
+    gate_margin: float | None = None,
 ) -> dict:
     """caption_scene in a fresh process; its report plus peak RSS and the load around it."""
     args = {
@@ -91,6 +100,7 @@ def run_scene(
         "all_tiles": all_tiles,
         "precision": precision,
         "threads": threads,
+        "gate_margin": DEFAULT_MARGIN if gate_margin is None else gate_margin,
     }
     load = _load()
     run = subprocess.run([sys.executable, "-c", SCENE_RUN, json.dumps(args)], capture_output=True, text=True)
@@ -118,14 +128,16 @@ def cmd_rss(a: argparse.Namespace) -> dict:
 
 
 def cmd_speed(a: argparse.Namespace) -> dict:
-    """Gate and no-gate runs alternate (repeats rounds), so both see the same neighbours."""
+    """Per precision: the gate (default margin), --all-tiles (every tile decoded) and encode only
+    (every tile skipped: the floor any gate can reach), alternating over `repeats` rounds so all
+    cases see the same neighbours."""
     import statistics
 
     folder = synth_scene(a.work, a.side, a.tile)
     rows = []
     for precision in a.precision:
         for round_ in range(a.repeats):
-            for all_tiles in (False, True):
+            for case, all_tiles, margin in CASES:
                 r = run_scene(
                     folder,
                     a.work / "speed.geojson",
@@ -135,11 +147,12 @@ def cmd_speed(a: argparse.Namespace) -> dict:
                     all_tiles=all_tiles,
                     precision=precision,
                     threads=a.threads,
+                    gate_margin=margin,
                 )
                 rows.append(
                     {
                         "precision": precision,
-                        "gate": not all_tiles,
+                        "case": case,
                         "round": round_,
                         "tiles": r["counts"]["processed"],
                         "decoded": r["counts"]["decoded"],
@@ -155,15 +168,15 @@ def cmd_speed(a: argparse.Namespace) -> dict:
     summary = [
         {
             "precision": p,
-            "gate": g,
+            "case": c,
             "decoded": rows_[0]["decoded"],
             "tiles": rows_[0]["tiles"],
             "tiles_per_s_median": statistics.median(x["tiles_per_s"] for x in rows_),
             "km2_per_min_median": statistics.median(x["km2_per_min"] for x in rows_),
         }
         for p in a.precision
-        for g in (True, False)
-        for rows_ in [[x for x in rows if x["precision"] == p and x["gate"] == g]]
+        for c, _, _ in CASES
+        for rows_ in [[x for x in rows if x["precision"] == p and x["case"] == c]]
     ]
     return {
         "model": str(a.model),
@@ -220,8 +233,6 @@ def _agreement(calls: dict[str, list], margin: float) -> dict:
 
 def cmd_gate(a: argparse.Namespace) -> dict:
     import numpy as np
-
-    from rsicrc.runtime.scene.gate import DEFAULT_MARGIN
 
     calls = _split_calls(a.model, a.data, a.split, a.beam, 16)
     decoded, truth = np.array(calls["decoded_changed"]), np.array(calls["changeflag"])
