@@ -185,7 +185,11 @@ def test_outputs_and_options_refused_up_front(scene: Path, tiny_model: Path, tmp
 # --- real subprocesses ----------------------------------------------------------------------------
 
 NO_TORCH = textwrap.dedent("""
-    import sys
+    import signal, sys
+
+    # As in a terminal: a test run started in the background inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class NoTorch:
         def find_spec(self, name, path=None, target=None):
