@@ -18,19 +18,24 @@ def write_tif(
     tiled: bool = True,
 ) -> Path:
     """Write [k, H, W] `data` as a GeoTIFF (no CRS and no transform when `crs` is None)."""
+    import warnings
+
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import Affine
 
     k, h, w = data.shape
     profile = {"driver": "GTiff", "width": w, "height": h, "count": k, "dtype": data.dtype.name}
     if tiled and h >= 256 and w >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if crs is not None:
-        profile.update(crs=crs, transform=from_origin(origin[0], origin[1], res, res))
+        profile.update(crs=crs, transform=Affine(res, 0.0, origin[0], 0.0, -res, origin[1]))
     if nodata is not None:
         profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    with warnings.catch_warnings():  # a plain TIFF is what some tests want
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
     return path
 
 

@@ -269,7 +269,7 @@ RSS = textwrap.dedent("""
 def _peak_rss(tmp_path: Path, model: Path, side: int) -> dict:
     """Peak RSS of a fresh process captioning a side x side 4-band uint16 scene (strips of 512 rows)."""
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
     from rasterio.windows import Window
 
     paths = [tmp_path / f"{name}{side}.tif" for name in ("b", "a")]
@@ -281,7 +281,7 @@ def _peak_rss(tmp_path: Path, model: Path, side: int) -> dict:
             "count": 4,
             "dtype": "uint16",
             "crs": "EPSG:32632",
-            "transform": from_origin(500000, 5000000, 0.5, 0.5),
+            "transform": Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0),
             "tiled": True,
             "blockxsize": 256,
             "blockysize": 256,

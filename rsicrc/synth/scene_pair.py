@@ -88,11 +88,11 @@ def _changed_tiles(spec: ScenePairSpec) -> set[int]:
 
 
 def _profile(spec: ScenePairSpec) -> dict[str, Any]:
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     return {**_GTIFF, "width": spec.cols * spec.tile, "height": spec.rows * spec.tile,
             "count": 3 if spec.dtype == "uint8" else 4, "dtype": spec.dtype, "crs": spec.crs,
-            "transform": from_origin(spec.origin[0], spec.origin[1], spec.resolution, spec.resolution),
+            "transform": Affine(spec.resolution, 0.0, spec.origin[0], 0.0, -spec.resolution, spec.origin[1]),
             "nodata": NODATA}
 
 

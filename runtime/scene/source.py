@@ -234,20 +234,15 @@ class ScenePair:
         elif self.alignment.warped:  # warp straight onto the coarse grid: no full-resolution warp
             from rasterio.transform import Affine
 
-            t = self.before.window_transform(self._window(w))
-            sx, sy = w.width / shape[1], w.height / shape[0]  # = t * Affine.scale(sx, sy)
-            coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
+            t = self.before.transform  # the window's corner, then pixels sx x sy times larger
+            sx, sy = w.width / shape[1], w.height / shape[0]
+            x0, y0 = t.a * w.col_off + t.b * w.row_off + t.c, t.d * w.col_off + t.e * w.row_off + t.f
+            coarse = Affine(t.a * sx, t.b * sy, x0, t.d * sx, t.e * sy, y0)
             data = self._warped(coarse, shape[1], shape[0], "nearest", alpha=True)
             after, valid_a = self._read(1, data, data, PixelWindow(0, 0, shape[1], shape[0]), None)
         else:
             after, valid_a = self._read(1, self.after, self.after, w, shape)
         return WindowPixels(before, after, valid_b & valid_a)
-
-    @staticmethod
-    def _window(w: PixelWindow) -> Any:
-        from rasterio.windows import Window
-
-        return Window(w.col_off, w.row_off, w.width, w.height)
 
     def close(self) -> None:
         """Close every dataset and leave the GDAL settings as they were."""
