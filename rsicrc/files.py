@@ -1,5 +1,9 @@
-"""Writing files so that a reader never sees half of one: a temporary file beside the target,
-then one rename over it (atomic on POSIX). Torch-free; every output of the toolkit goes here.
+"""The file names of the folders the toolkit writes, and writing files so that a reader never
+sees half of one: a temporary file beside the target, then one rename over it (atomic on POSIX).
+Torch-free; every output of the toolkit goes through `write_atomic`.
+
+    CKPT_DIR/model.safetensors + config.json (+ vocab.json, training.json)   rsicrc.checkpoint
+    MODEL_DIR/manifest.json + graphs                                          rsicrc.runtime.manifest
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 Writer = Callable[[BinaryIO], None]
+CHECKPOINT_WEIGHTS, CHECKPOINT_CONFIG = "model.safetensors", "config.json"  # a checkpoint folder's own
+MANIFEST_FILE = "manifest.json"  # an exported model folder's own
 
 
 def fsync_dir(folder: Path) -> None:
@@ -51,5 +57,5 @@ def write_atomic(path: Path, data: bytes | str | Writer, *, durable: bool = Fals
 
 
 def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
-    """JSON (no NaN or infinity) plus a final newline, written atomically."""
-    write_atomic(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+    """Indented JSON plus a final newline, written atomically."""
+    write_atomic(path, json.dumps(data, indent=indent) + "\n")
