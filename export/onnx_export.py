@@ -106,7 +106,7 @@ class DecoderStepGraph(nn.Module):
         n = self.cache_layers
         cache = [(tensors[2 * i], tensors[2 * i + 1]) for i in range(n)]
         cross = [(tensors[2 * n + 2 * i], tensors[2 * n + 2 * i + 1]) for i in range(self.cross_layers)]
-        logits, present = self.model.decode_step(input_ids[:, 0], step, cache, cross)  # [B, V]
+        logits, present, _ = self.model.decode_step(input_ids[:, 0], step, cache, cross)  # [B, V]
         return (logits, *[t for kv in present for t in kv])
 
 
