@@ -7,8 +7,6 @@ What stays fp32 (`fp32_nodes`):
   overflows fp16's 65504 long before a 2048-wide embedding is large;
 - the logits path: the MatMul/Gemm that produces the graph output `logits`, the layout ops
   (bias Add, Reshape, ...) after it and the pure data-movement ops (Gather, Reshape, ...) feeding it;
-- the attention path: the data-movement ops (Squeeze, ...) between the fp32 ReduceMean of the
-  softmax and the `cross_attention` output, so the heatmaps' weights never pass through fp16;
 - every op whose ONNX schema does not allow float16 for one of its float tensors (Range, the
   scales of Resize, ...), and ops whose float output type is an attribute (Random*, EyeLike,
   ConstantOfShape).
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from rsicrc.errors import DependencyError, ExportError
-from rsicrc.runtime.contract import CROSS_ATTENTION, LOGITS
+from rsicrc.runtime.contract import LOGITS
 
 FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax",
@@ -119,17 +117,6 @@ def _logits_path(graph: Any) -> set[int]:
     return path
 
 
-def _output_tail(graph: Any, name: str) -> set[int]:
-    """Indices of the pure data-movement nodes right before the graph output `name` (for
-    `cross_attention`: the Squeeze after the fp32 ReduceMean), so it leaves the graph as computed."""
-    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
-    tail: set[int] = set()
-    while name in producer and graph.node[producer[name]].op_type in MOVEMENT_OPS:
-        tail.add(producer[name])
-        name = graph.node[producer[name]].input[0]
-    return tail
-
-
 def fp32_nodes(model: Any, types: dict[str, int] | None = None) -> set[int]:
     """Indices of the nodes that stay fp32 (see the module docstring)."""
     types = _types(model) if types is None else types
@@ -137,7 +124,7 @@ def fp32_nodes(model: Any, types: dict[str, int] | None = None) -> set[int]:
     keep = {i for i, n in enumerate(model.graph.node)
             if n.op_type in FP32_OPS or (n.op_type not in ("Cast", "Constant")
                                          and not _schema_allows_fp16(n, opset, types))}
-    return keep | _logits_path(model.graph) | _output_tail(model.graph, CROSS_ATTENTION)
+    return keep | _logits_path(model.graph)
 
 
 def fp32_tensor_names(model: Any) -> set[str]:

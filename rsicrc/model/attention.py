@@ -126,7 +126,7 @@ class DecoderAttention(nn.Module):
         q = token_heads(self.q_proj(x), self.heads)  # [B, H, 1, dh]
         weights = attention_weights(q, k)  # [B, H, 1, N]
         out = self.out_proj((weights @ v).reshape(x.shape))  # [B, 1, C]
-        return out, weights.mean(dim=1).squeeze(1)  # [B, N]
+        return out, weights.mean(dim=(1, 2))  # [B, N] (Lq = 1: one ReduceMean, no Squeeze node)
 
     def cross_weights(self, x: Tensor, memory: Tensor) -> Tensor:
         """Full-sequence cross-attention weights: x [B, L, C], memory [B, N, C] -> [B, H, L, N]."""
