@@ -9,6 +9,7 @@ the output pruned ("without": `drop_output` removes it and the two nodes only it
 graph of a format-1 export). Random cross K/V, 20 steps per run (step 0..19, caches carried over),
 the two variants taking turns in ABBA order every round so the shared machine's drift hits both.
 Prints per-step medians and the ratio with / without, plus the load average before and after.
+`--control` measures the noise instead: "with" is then a second session of the pruned graph (A/A).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import numpy as np
 STEPS = 20
 
 
-def _variants(model_dir: Path, work: Path) -> dict[str, tuple[Path, Any]]:
-    """{"with": (graph, manifest), "without": (pruned graph, manifest with format 1's contract)}."""
+def _variants(model_dir: Path, work: Path, control: bool = False) -> dict[str, tuple[Path, Any]]:
+    """{"with": (graph, manifest), "without": (pruned graph, manifest with format 1's contract)};
+    with `control`, "with" is the pruned graph too."""
     import onnx
 
     from rsicrc.export.onnx_export import drop_output
@@ -43,7 +45,7 @@ def _variants(model_dir: Path, work: Path) -> dict[str, tuple[Path, Any]]:
     pruned = work / f"{model_dir.name}-without.onnx"
     onnx.save(proto, str(pruned))
     old = dataclasses.replace(manifest, format_version=1, contract=contract(manifest.dims, attention=False))
-    return {"with": (graph, manifest), "without": (pruned, old)}
+    return {"with": (pruned, old) if control else (graph, manifest), "without": (pruned, old)}
 
 
 def _run(step: Any, rows: int, read_attention: bool) -> list[float]:
@@ -60,14 +62,15 @@ def _run(step: Any, rows: int, read_attention: bool) -> list[float]:
     return times
 
 
-def measure(model_dir: Path, rows_list: list[int], rounds: int, threads: int | None) -> list[dict[str, Any]]:
+def measure(model_dir: Path, rows_list: list[int], rounds: int, threads: int | None,
+            control: bool = False) -> list[dict[str, Any]]:
     from rsicrc.runtime.backend import BoundDecoderStep, import_onnxruntime, session_options
     from rsicrc.runtime.contract import cross_names
 
     ort = import_onnxruntime()
     records = []
     with tempfile.TemporaryDirectory(prefix="attention-cost-") as tmp:
-        variants = _variants(model_dir, Path(tmp))
+        variants = _variants(model_dir, Path(tmp), control)
         sessions = {name: ort.InferenceSession(str(path), sess_options=session_options(ort, threads),
                                                providers=["CPUExecutionProvider"])
                     for name, (path, _) in variants.items()}
@@ -87,7 +90,7 @@ def measure(model_dir: Path, rows_list: list[int], rounds: int, threads: int | N
                     step = BoundDecoderStep(ort, sessions[name], manifest, cross, "cpu")
                     steps[name] += _run(step, rows, name == "with")
             medians = {name: statistics.median(v) * 1000 for name, v in steps.items()}
-            records.append({"model": str(model_dir), "d_model": dims.d_model,
+            records.append({"model": str(model_dir), "control": control, "d_model": dims.d_model,
                             "visual_tokens": dims.visual_tokens, "rows": rows,
                             "steps_each": len(steps["with"]),
                             "median_ms_with": medians["with"], "median_ms_without": medians["without"],
@@ -103,9 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 16], help="decoder rows (pairs x beams)")
     parser.add_argument("--rounds", type=int, default=12, help="ABBA rounds of 20 steps per variant")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: all)")
+    parser.add_argument("--control", action="store_true", help="A/A: the pruned graph against itself")
     args = parser.parse_args(argv)
     for model in args.models:
-        measure(model, args.rows, args.rounds, args.threads)
+        measure(model, args.rows, args.rounds, args.threads, args.control)
 
 
 if __name__ == "__main__":
