@@ -29,6 +29,7 @@ from rsicrc.runtime.decoding import DecodingOptions
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.model_folder import ModelFolder
 from rsicrc.runtime.options import RuntimeOptions
+from rsicrc.vocab import SPECIAL_TOKENS, UNK
 
 # viridis at 0, 1/8, ..., 1 (the 9-colour viridis palette); the LUT interpolates linearly between them.
 VIRIDIS_ANCHORS = ("#440154", "#472c7a", "#3b518b", "#2c718e", "#21908d", "#27ad81", "#5cc863",
@@ -215,6 +216,14 @@ def render_heatmap(before: np.ndarray, after: np.ndarray, words: Sequence[str], 
     return Heatmap(np.asarray(figure), tuple(panels), word_max, sum_max)
 
 
+def caption_words(tokens: Sequence[int], words: Sequence[str],
+                  skipped: Sequence[int]) -> list[tuple[int, str]]:
+    """(row, word) for each token the printed caption shows: the rows of the attention to draw.
+    `skipped` are the ids the caption leaves out (PAD, START: a model may emit them mid-caption)."""
+    return [(i, words[t] if 0 <= t < len(words) else SPECIAL_TOKENS[UNK]) for i, t in enumerate(tokens)
+            if t not in skipped]
+
+
 def check_png_path(out: Path) -> Path:
     """The heatmap's output file: a .png name in an existing folder (checked before any work)."""
     out = Path(out)
@@ -238,9 +247,11 @@ def caption_heatmap(before: Path, after: Path, out: Path, options: DecodingOptio
     captioner = Captioner(ModelFolder.open(model_dir), runtime)
     captioner.require_attention()
     result = captioner.caption_arrays([b], [a], replace(options, attention=True), timing)[0]
-    words = [captioner.model.vocab.words[t] for t in result.tokens]
     attention = result.attention  # [T, N]; the search always sets it with options.attention
     if attention is None:
         raise ConfigError("the decoder returned no attention for this caption")
-    render_heatmap(b, a, words, attention, result.caption).save(out)
+    special = captioner.model.special
+    shown = caption_words(result.tokens, captioner.model.vocab.words, (special["pad"], special["start"]))
+    rows = [i for i, _ in shown]
+    render_heatmap(b, a, [w for _, w in shown], attention[rows], result.caption).save(out)
     return result

@@ -221,9 +221,10 @@ def test_last_release_spellings_still_work(images: dict[str, Path], model_dir: P
 def test_heatmap_png_and_attention_json(model_dir: Path, images: dict[str, Path]) -> None:
     """--heatmap writes the figure of the caption's attention (before | after | sum | one panel per
     word); --json --attention adds the per-token rows it was drawn from."""
-    from rsicrc.runtime.heatmap import render_heatmap
+    from rsicrc.runtime.heatmap import caption_words, render_heatmap
     from rsicrc.runtime.images import read_pair
     from rsicrc.runtime.manifest import load_manifest
+    from rsicrc.vocab import PAD, START
 
     png = images["dir"] / "heat.png"
     result = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--device", "cpu",
@@ -235,8 +236,11 @@ def test_heatmap_png_and_attention_json(model_dir: Path, images: dict[str, Path]
     attention = np.array(doc["attention"], dtype=np.float32)  # [T, N]
     assert attention.shape == (len(doc["tokens"]), manifest.dims.visual_tokens) and len(doc["tokens"]) >= 2
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
-    words = [manifest.vocab[t] for t in doc["tokens"]]
-    figure = render_heatmap(*read_pair(images["before"], images["after"]), words, attention, doc["caption"])
+    shown = caption_words(doc["tokens"], manifest.vocab, (PAD, START))  # the words the caption prints
+    words = [w for _, w in shown]
+    assert " ".join(words) == doc["caption"]
+    figure = render_heatmap(*read_pair(images["before"], images["after"]), words,
+                            attention[[i for i, _ in shown]], doc["caption"])
     assert [p.kind for p in figure.panels] == ["before", "after", "sum"] + ["word"] * len(words)
     np.testing.assert_array_equal(np.asarray(Image.open(png).convert("RGB")), figure.image)
     # without --attention the JSON stays as it was; the caption is the same with or without a heatmap

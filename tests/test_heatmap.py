@@ -15,6 +15,7 @@ from rsicrc.runtime.heatmap import (
     LUT,
     OVERLAY,
     SMALL,
+    caption_words,
     colorize,
     render_heatmap,
     token_grid,
@@ -145,3 +146,15 @@ def test_figure_refuses_mismatched_inputs() -> None:
         render_heatmap(img, _flat((32, 40)), ["a"], np.full((1, 49), 1 / 49, np.float32))
     with pytest.raises(ConfigError, match="square grid"):
         render_heatmap(img, img, ["a"], np.full((1, 10), 0.1, np.float32))
+
+
+def test_panels_are_the_words_the_caption_prints() -> None:
+    """A model may emit START or PAD mid-caption (a random one does); the caption leaves them out,
+    so does the figure: one panel per printed word, with that word's attention row."""
+    from rsicrc.vocab import PAD, SPECIAL_TOKENS, START, Vocabulary
+
+    vocab = Vocabulary(SPECIAL_TOKENS + ("a", "road"))
+    tokens = (4, START, 5, PAD, 2, 4)
+    shown = caption_words(tokens, vocab.words, (PAD, START))
+    assert shown == [(0, "a"), (2, "road"), (4, "<UNK>"), (5, "a")]
+    assert " ".join(w for _, w in shown) == vocab.decode(tokens)
