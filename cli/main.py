@@ -23,6 +23,7 @@ from rsicrc.cli.common import app as make_app
 from rsicrc.cli.export import export_command
 from rsicrc.cli.import_original import import_original_command
 from rsicrc.cli.index import index_command
+from rsicrc.cli.scene import scene_command, synth_scene_command
 from rsicrc.cli.search import search_command
 from rsicrc.cli.trt import build_engines_command, check_command
 from rsicrc.cli.verify import verify_command
@@ -133,6 +134,8 @@ app.command("check")(check_command)
 app.command("index")(index_command)
 app.command("search")(search_command)
 app.command("verify")(verify_command)
+app.command("scene")(scene_command)
+app.command("synth-scene")(synth_scene_command)
 
 
 def main() -> None:

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rsicrc.errors import DependencyError, DeviceError, ModelFolderError
-from rsicrc.runtime.contract import DECODER_STEP, INPUT_IDS, LOGITS, STEP, check_io, past_names, present_names
+from rsicrc.runtime.contract import (
+    CROSS_ATTENTION,
+    DECODER_STEP,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
+    check_io,
+    past_names,
+    present_names,
+)
 from rsicrc.runtime.decoding import StepModel
 from rsicrc.runtime.manifest import Manifest
 from rsicrc.runtime.options import RuntimeOptions
@@ -214,7 +223,8 @@ class BoundDecoderStep:
     and output). `reorder` gathers on the host (one np.take per tensor) and writes back in
     place, since ORT offers no device-side gather outside a graph (on the CPU the gather
     writes straight into the numpy arrays the OrtValues share). Logits are written into a
-    host buffer. The captioner uses it on every device.
+    host buffer, and so is the cross-attention where the graph has it (format 2 on). The
+    captioner uses it on every device.
     """
 
     def __init__(self, ort: Any, session: Any, manifest: Manifest, cross: Mapping[str, np.ndarray],
@@ -242,6 +252,11 @@ class BoundDecoderStep:
         self._logits = np.zeros((rows, dims.vocab_size), np.float32)  # [R, V]
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits, "cpu", 0)
         self._io.bind_ortvalue_output(LOGITS, self._logits_value)
+        self._attention: np.ndarray | None = None  # [R, N], where the graph outputs it
+        if CROSS_ATTENTION in manifest.contract[DECODER_STEP].output_names():
+            self._attention = np.zeros((rows, dims.visual_tokens), np.float32)  # [R, N]
+            self._attention_value = ort.OrtValue.ortvalue_from_numpy(self._attention, "cpu", 0)
+            self._io.bind_ortvalue_output(CROSS_ATTENTION, self._attention_value)
         self._feed: list[np.ndarray] = []  # host inputs of the current step, kept alive
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
@@ -259,6 +274,10 @@ class BoundDecoderStep:
         self._io.synchronize_outputs()
         self._current = 1 - self._current
         return self._logits.copy()  # [R, V]
+
+    def attention(self) -> np.ndarray | None:
+        """The last step's cross-attention [R, N]; None for a graph without it (format 1)."""
+        return None if self._attention is None else self._attention.copy()
 
     def reorder(self, source: np.ndarray) -> None:
         index = np.ascontiguousarray(source, dtype=np.int64)  # [R]

@@ -165,6 +165,13 @@ def test_int8_runtime_stays_close_to_fp32(int8_model) -> None:
     text = {p: open_text_encoder(folder, device="cpu", precision=p, threads=1).embed(texts)
             for p in ("fp32", "int8")}
     assert _cosines(text["int8"], text["fp32"]).min() > 0.95
+    # the int8 decoder step keeps the float32 cross_attention output: heatmaps work at int8 too
+    with_attention = int8.caption_arrays(before, after, DecodingOptions(beam_size=2, attention=True))
+    assert [r.tokens for r in with_attention] == [r.tokens for r in results]
+    n = int8.dims.visual_tokens
+    for r in with_attention:
+        assert r.attention.dtype == np.float32 and r.attention.shape == (len(r.tokens), n)
+        np.testing.assert_allclose(r.attention.sum(axis=1), 1.0, atol=1e-5)
 
 
 def _metrics(value: float = 0.5, **changes: float) -> dict[str, Any]:
