@@ -2,7 +2,8 @@
 instance (2 CPUs, started once for the module) runs the tiny exported model in an actor pool; the
 index and the JSON Lines file must equal a local run's, an interrupted distributed run must resume
 from its last commit, and a worker process killed mid-run must be replaced by Ray, its batches
-retried, the result still complete. Option errors and a machine without Ray need no Ray."""
+retried, the result still complete. Option errors and a machine without Ray need no Ray. The Ray
+instance is conftest's `ray_address` (one per session, shared with the scene-list tests)."""
 
 from __future__ import annotations
 
@@ -56,19 +57,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rsicrc.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("cluster") / "data", pairs=20, seed=23, size=64, progress=False)
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A local Ray instance for the module: 2 CPUs, a small object store, no dashboard; rsicrc's
-    runs in this process use it, subprocesses join it with --cluster ray:ADDRESS."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 << 20, logging_level=logging.ERROR,
-             log_to_driver=False)  # as rsicrc's own: the CLI's stderr is its own lines only
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 def _cli(*args: str) -> object:
@@ -168,7 +156,7 @@ def test_without_ray_a_clear_error_and_nothing_written(tmp_path: Path, dataset: 
 
 def test_a_dead_address_is_one_line_and_nothing_written(tmp_path: Path, dataset: Path,
                                                         model_dir: Path) -> None:
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'rsicrc[ray]')")
     out = tmp_path / "captions.jsonl"
     proc = subprocess.run([sys.executable, "-c", "from rsicrc.cli.main import main; main()", "caption",
                            "--pairs", str(dataset), "--out", str(out), "--model", str(model_dir),
