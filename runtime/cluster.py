@@ -55,7 +55,9 @@ from rsicrc.runtime.options import RuntimeOptions
 LOCAL, RAY = "local", "ray"
 CLUSTER_CHOICES = ("local (this process)", "ray (a Ray instance started for this run)",
                    "ray:ADDRESS (join a running Ray cluster, e.g. ray:auto or ray:10.0.0.5:6379)")
-RAY_TESTED = ((2, 44), (2, 60))  # oldest and newest Ray minor versions the test suite ran on
+# Oldest and newest Ray minor versions the cluster tests (tests/test_cluster.py, test_scene_list.py)
+# passed on: 2.44.1 (concurrency=) and 2.60.0 (compute=).
+RAY_TESTED = ((2, 44), (2, 60))
 RAY_REQUIREMENT = "ray[data]>=2.44,<2.61"  # the [ray] extra in pyproject.toml
 COMPUTE_SINCE = (2, 51)  # first Ray whose map_batches takes compute= (and deprecates concurrency=)
 TASK_RETRIES = 3  # retries of a unit whose worker died; a unit that kills its worker 4 times fails
