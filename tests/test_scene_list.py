@@ -151,7 +151,7 @@ def test_list_options_refused_up_front(scenes: Path, tiny_model: Path, tmp_path:
                           "either BEFORE AFTER or --list")
     assert_one_line_error(runner.invoke(app, [*base, "--list", str(scenes), "--out", str(tmp_path / "o"),
                                               "--quicklook", str(tmp_path / "q.png")]),
-                          "--quicklook is for one")
+                          "--quicklook and --heat are for one")
     assert_one_line_error(runner.invoke(app, [*base, *s0, "--out", str(tmp_path / "x.geojson"), "--cluster",
                                               "ray"]), "--cluster ray applies to --list")
     assert_one_line_error(runner.invoke(app, [*base, "--list", str(scenes)]), "no out for scene")

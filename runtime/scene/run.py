@@ -13,6 +13,7 @@ Memory holds one batch of pixels and the results, never the scene.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import sys
 import time
@@ -26,6 +27,7 @@ import numpy as np
 from rsicrc.runtime.scene.features import Georeference, TileResult, feature_collection
 from rsicrc.runtime.scene.gate import ChangeGate, build_gate, is_no_change
 from rsicrc.runtime.scene.grid import Tile, check_tile, tile_grid
+from rsicrc.runtime.scene.heat import HeatLayer
 from rsicrc.runtime.scene.model import SceneModel
 from rsicrc.runtime.scene.options import SceneOptions, SceneReport
 from rsicrc.runtime.scene.output import check_output, write_features
@@ -62,6 +64,9 @@ class _TileLoop:
         self.results: list[TileResult] = []
         self.hits: list[tuple[float, int, Tile]] = []  # --query: min-heap of (similarity, -index, tile)
         self.gate: ChangeGate | None = None
+        self.heat: HeatLayer | None = None  # --heat: every processed tile's score, on the scene grid
+        if options.heat is not None:
+            self.heat = HeatLayer(scene.alignment.window, "query" if options.query is not None else "gate")
         self.query: np.ndarray | None = None  # [C] L2-normalised
         if options.query is not None:
             self.query = timer("embed_text", lambda: model.embed_text([options.query])[0])  # type: ignore[list-item]
@@ -86,6 +91,8 @@ class _TileLoop:
         self.counts["processed"] += len(kept)
         if self.query is not None:
             for tile, similarity in zip(kept, encoded.embedding @ self.query, strict=True):
+                if self.heat is not None:
+                    self.heat.paint(tile, float(similarity))
                 item = (float(similarity), -tile.index, tile)
                 if len(self.hits) < self.options.top_k:
                     heapq.heappush(self.hits, item)
@@ -95,6 +102,9 @@ class _TileLoop:
         assert self.gate is not None  # set whenever there is no query
         scores = self.gate.scores(encoded.embedding)  # [b]
         passed = scores <= self.gate.margin  # [b]
+        if self.heat is not None:
+            for tile, score in zip(kept, scores, strict=True):
+                self.heat.paint(tile, -float(score))
         self.counts["gate_unchanged"] += int((~passed).sum())
         rows = np.arange(len(kept)) if self.options.all_tiles else np.flatnonzero(passed)
         captions = self.timer("decode", lambda: self.model.caption(encoded.take(rows), self.options.decoding))
@@ -188,15 +198,16 @@ class SceneRun:
     collection: dict[str, Any]  # RFC 7946 FeatureCollection with its `rsicrc` member
     complete: bool  # False when Ctrl-C stopped the tile loop
     counts: dict[str, int]  # as SceneReport.counts
-    timing_s: dict[str, float]  # seconds per stage so far (no "write", no "total")
+    timing_s: dict[str, float]  # seconds per stage so far (no features "write", no "total")
     area_km2: float | None  # ground area of the processed tiles
     alignment: str  # what was done to align the dates (one line)
 
 
 def run_scene(scene: ScenePair, model: SceneModel, options: SceneOptions, timer: _Timer | None = None,
-              quicklook: Path | None = None) -> SceneRun:
+              quicklook: Path | None = None, heat: Path | None = None) -> SceneRun:
     """Tile, encode, gate and decode an open scene pair with a loaded model into its features (not
-    written: the caller writes them, here or in a cluster's driver); the quick-look if asked for."""
+    written: the caller writes them, here or in a cluster's driver); the quick-look and the change
+    layer are written here when asked for (they need the open scene)."""
     timer = timer or _Timer()
     tile, overlap = check_tile(options.tile, options.overlap, model.input_size)
     tiles = tile_grid(scene.alignment.window, tile, overlap)
@@ -215,6 +226,10 @@ def run_scene(scene: ScenePair, model: SceneModel, options: SceneOptions, timer:
     collection = feature_collection(results, geo, meta)
     if quicklook is not None:
         timer("write", lambda: write_quicklook(quicklook, scene, stretch, results))
+    if heat is not None and loop.heat is not None:
+        tags = {"model": json.dumps(meta["model"]), "complete": str(complete).lower(),
+                "gate_margin": str(options.gate_margin), "query": options.query or ""}
+        timer("write", lambda: loop.heat.write(heat, crs, scene.before.transform, tags))  # type: ignore[union-attr]
     area = _area_km2(scene, counts["processed"] / len(tiles))
     return SceneRun(collection, complete, counts, dict(timer.s), area, scene.alignment.describe())
 
@@ -224,12 +239,13 @@ def caption_scene(before: Path, after: Path, out: Path, options: SceneOptions | 
     options = options or SceneOptions()
     out = check_output(out, "--out")
     quicklook = check_output(options.quicklook, "--quicklook") if options.quicklook is not None else None
+    heat = check_output(options.heat, "--heat") if options.heat is not None else None
     timer = _Timer()
     began = time.perf_counter()
     with timer("open", lambda: ScenePair(before, after, options.bands)) as scene:
         model = timer("load_model", lambda: SceneModel(options.model_dir, options.runtime))
-        done = run_scene(scene, model, options, timer, quicklook)
+        done = run_scene(scene, model, options, timer, quicklook, heat)
     timer("write", lambda: write_features(out, done.collection, options.format))
     timer.s["total"] = time.perf_counter() - began
     return SceneReport(out, quicklook, done.complete, done.counts, dict(timer.s), done.area_km2,
-                       done.alignment)
+                       done.alignment, heat)

@@ -159,7 +159,7 @@ def _check_outputs(source: Path, rows: Sequence[SceneRow]) -> None:
 class CaptionScenes:
     """Job: whole scenes, one SceneModel load per worker; the worker reads the rasters itself."""
 
-    options: SceneOptions  # model_dir absolute, runtime resolved, no progress bar, no quick-look
+    options: SceneOptions  # model_dir absolute, runtime resolved, no progress bar, no quick-look or heat
 
     def open(self) -> Callable[[list[SceneRow]], list[SceneRun]]:
         model = SceneModel(self.options.model_dir, self.options.runtime)
@@ -217,7 +217,7 @@ def caption_scene_list(source: Path, out_folder: Path | None, options: SceneOpti
     check_scenes(Path(source), rows, options, folder, out_folder)
     runtime = folder.resolve(runtime) if not cluster.is_local else runtime
     job = CaptionScenes(replace(options, model_dir=folder.path.resolve(), runtime=runtime, progress=False,
-                                quicklook=None))
+                                quicklook=None, heat=None))
     units = [[row] for row in rows]
     done: dict[int, tuple[SceneRow, SceneRun]] = {}
     complete = True
