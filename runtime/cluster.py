@@ -62,6 +62,7 @@ RAY_REQUIREMENT = "ray[data]>=2.44,<2.61"  # the [ray] extra in pyproject.toml
 COMPUTE_SINCE = (2, 51)  # first Ray whose map_batches takes compute= (and deprecates concurrency=)
 TASK_RETRIES = 3  # retries of a unit whose worker died; a unit that kills its worker 4 times fails
 CONNECT_TIMEOUT_S = 10.0  # how long preflight waits for the cluster's address to answer
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # where Ray notes its auth default
 MAX_BLOCKS = 4096  # Ray Data blocks at most: one unit per block up to here, then units share blocks
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,14 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
+class _DefaultAuthNote(logging.Filter):
+    """Drops Ray's note (2.5x+) that a local instance uses its default, token authentication; a
+    warning that authentication is *disabled* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
 @contextmanager
 def ray_session(cluster: ClusterOptions) -> Iterator[tuple[Any, bool]]:
     """(ray, started) connected as `cluster` says: a local instance started here and shut down on
@@ -216,12 +225,16 @@ def ray_session(cluster: ClusterOptions) -> Iterator[tuple[Any, bool]]:
         kwargs["include_dashboard"] = False
     else:
         kwargs["address"] = cluster.address
+    auth_log, note = logging.getLogger(AUTH_LOGGER), _DefaultAuthNote()
+    auth_log.addFilter(note)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError, OSError) as e:
         what = (f"join the Ray cluster at {cluster.address}" if cluster.address
                 else "start a local Ray instance")
         raise ClusterError(f"cannot {what}: {_one_line(e)}") from None
+    finally:
+        auth_log.removeFilter(note)
     try:
         yield ray, cluster.address is None
     finally:
