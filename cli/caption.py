@@ -7,12 +7,17 @@ from pathlib import Path
 import typer
 
 from rsicrc.cli.common import (
+    CLUSTER,
     DEVICE,
     ENGINE,
+    GPUS_PER_WORKER,
     MODEL,
     OLD_BACKEND,
     PRECISION,
     THREADS,
+    WORKER_THREADS,
+    WORKERS,
+    cluster_options,
     guarded,
     print_json,
     runtime_options,
@@ -56,6 +61,10 @@ def caption(
                                         show_default=False),
     attention: bool = typer.Option(False, "--attention", help="With --json: add `attention`, one row of N "
                                    "visual-token weights (row-major grid) per caption token."),
+    cluster: str = CLUSTER,
+    workers: int | None = WORKERS,
+    worker_threads: int | None = WORKER_THREADS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     backend: str | None = OLD_BACKEND,
 ) -> None:
     """Describe what changed between a BEFORE and an AFTER image, with an exported model.
@@ -63,7 +72,8 @@ def caption(
     Needs no PyTorch: the model folder holds ONNX graphs run by ONNX Runtime. One pair prints
     the caption (or JSON with --json; --heatmap FILE.png also draws where the model looked);
     --pairs SOURCE --out FILE.jsonl captions many pairs in batches and writes the file only
-    when all of them succeeded.
+    when all of them succeeded; with --cluster ray[:ADDRESS], Ray workers caption the batches
+    and this process writes the file.
     """
     setup_logging()
 
@@ -73,6 +83,9 @@ def caption(
         options = DecodingOptions(beam_size=beam, length_penalty=length_penalty, attention=attention)
         runtime = runtime_options(engine, device, precision, threads, backend)
         chosen_bands = parse_bands(bands) if bands is not None else None
+        where = cluster_options(cluster, workers, worker_threads, gpus_per_worker)
+        if pairs is None and not where.is_local:
+            raise ConfigError("--cluster ray applies to --pairs; one pair is captioned here")
         if pairs is not None:
             if before is not None or after is not None:
                 raise ConfigError("give either BEFORE AFTER or --pairs SOURCE, not both")
@@ -85,7 +98,8 @@ def caption(
             from rsicrc.runtime.pairs import caption_pairs
 
             return caption_pairs(pairs, out, options, model_dir=model, runtime=runtime, split=split,
-                                 batch_size=batch_size, bands=chosen_bands, progress=not quiet)
+                                 batch_size=batch_size, bands=chosen_bands, progress=not quiet,
+                                 cluster=where)
         if before is None or after is None:
             raise ConfigError("give BEFORE and AFTER image files, or --pairs SOURCE --out FILE.jsonl")
         if out is not None or split is not None:

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import typer
 
 from rsicrc.errors import RsicrcError
+from rsicrc.runtime.cluster import ClusterOptions
+from rsicrc.runtime.cluster import cluster_options as make_cluster_options
 from rsicrc.runtime.options import DEFAULT_ENGINE, DEVICES, ENGINES, RuntimeOptions
 
 T = TypeVar("T")
@@ -34,6 +36,22 @@ THREADS = typer.Option(None, "--threads", help="CPU threads per graph (default: 
 # --backend meant the engine in caption/evaluate/check (and the search algorithm in search)
 OLD_BACKEND = typer.Option(None, "--backend", hidden=True, help="Deprecated: use --engine.")
 
+# --- where archive-sized work runs (index, caption --pairs), declared once (runtime/cluster.py) -----
+CLUSTER = typer.Option("local", "--cluster", help="Where the batches are computed: local (this process), "
+                       "ray (a Ray instance started on this machine for the run) or ray:ADDRESS (join a "
+                       "running Ray cluster: ray:auto, ray:HOST:6379). On Ray, model workers read and "
+                       "compute the batches and this process alone writes the output. Needs pip install "
+                       "'rsicrc[ray]'.")
+WORKERS = typer.Option(None, "--workers", help="With --cluster ray: model workers (Ray actors, one model "
+                       "load each); default: as many as the cluster's CPUs (or GPUs) fit.",
+                       show_default=False)
+WORKER_THREADS = typer.Option(None, "--worker-threads", help="With --cluster ray: ONNX Runtime threads per "
+                              "worker, and the CPUs Ray reserves for it (ONNX Runtime ignores "
+                              "OMP_NUM_THREADS); default 1.", show_default=False)
+GPUS_PER_WORKER = typer.Option(None, "--gpus-per-worker", help="With --cluster ray: GPUs Ray reserves per "
+                               "worker (0.5: two workers share a GPU); default 0 (CPU workers).",
+                               show_default=False)
+
 
 def deprecated(old: str, new: str) -> None:
     """One warning line on stderr for an option spelling kept for one release."""
@@ -47,6 +65,12 @@ def runtime_options(engine: str, device: str, precision: str | None, threads: in
         deprecated("--backend", "--engine")
         engine = old_backend
     return RuntimeOptions(engine=engine, device=device, precision=precision, threads=threads)
+
+
+def cluster_options(cluster: str, workers: int | None, worker_threads: int | None,
+                    gpus_per_worker: float | None) -> ClusterOptions:
+    """The ClusterOptions of a command's --cluster, --workers, --worker-threads, --gpus-per-worker."""
+    return make_cluster_options(cluster, workers, worker_threads, gpus_per_worker)
 
 
 def setup_logging(verbose: bool = False) -> None:

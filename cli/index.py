@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from rsicrc.cli.common import (
+    CLUSTER,
     DEVICE,
     ENGINE,
+    GPUS_PER_WORKER,
     MODEL,
     THREADS,
+    WORKER_THREADS,
+    WORKERS,
+    cluster_options,
     guarded,
     print_json,
     runtime_options,
@@ -47,6 +52,10 @@ def index_command(
                                          "index's when appending, else the model folder's default).",
                                          show_default=False),
     threads: int | None = THREADS,
+    cluster: str = CLUSTER,
+    workers: int | None = WORKERS,
+    worker_threads: int | None = WORKER_THREADS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
     bands: str | None = typer.Option(None, "--bands", help="Bands of multiband images, 1-based, e.g. 4,3,2 "
                                      "(default: the first three, or the only one).", show_default=False),
     json_out: bool = typer.Option(False, "--json", help="Print added, skipped, total and index as JSON."),
@@ -57,6 +66,7 @@ def index_command(
     Embeddings are L2-normalised and stored with ids, paths and the sha256 of the model. Running it
     again on the same folder appends: pairs already indexed are skipped, so an interrupted run
     resumes where it was committed. Writes are atomic; a crash never leaves a damaged index.
+    With --cluster ray[:ADDRESS], Ray workers embed the batches and this process writes the index.
     """
     setup_logging()
 
@@ -66,8 +76,10 @@ def index_command(
 
         chosen_bands = parse_bands(bands) if bands is not None else None
         runtime = runtime_options(engine, device, precision, threads)
+        where = cluster_options(cluster, workers, worker_threads, gpus_per_worker)
         return index_pairs(pairs, out, model_dir=model, runtime=runtime, split=split, batch_size=batch_size,
-                           dtype=dtype, bands=chosen_bands, commit_every=commit_every, progress=not quiet)
+                           dtype=dtype, bands=chosen_bands, commit_every=commit_every, progress=not quiet,
+                           cluster=where)
 
     report = guarded(run)
     if json_out:

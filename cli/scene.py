@@ -9,20 +9,27 @@ from typing import TYPE_CHECKING
 import typer
 
 from rsicrc.cli.common import (
+    CLUSTER,
     DEVICE,
     ENGINE,
+    GPUS_PER_WORKER,
     MODEL,
     PRECISION,
     THREADS,
+    WORKER_THREADS,
+    WORKERS,
+    cluster_options,
     guarded,
     print_json,
     runtime_options,
     setup_logging,
 )
+from rsicrc.errors import ConfigError
 from rsicrc.runtime.decoding import DecodingOptions
 
 if TYPE_CHECKING:
     from rsicrc.runtime.scene import SceneReport
+    from rsicrc.runtime.scene.scene_list import SceneListReport
 
 # The defaults live in SceneOptions / ScenePairSpec; these mirror them for --help (a test checks).
 TILE, OVERLAP, BATCH, TOP_K, MAX_NODATA, GATE_MARGIN = 256, 0, 16, 20, 0.5, 0.05
@@ -30,15 +37,25 @@ INTERRUPTED = 130  # exit code after Ctrl-C, as for any command
 
 
 def scene_command(
-    before: Path = typer.Argument(..., metavar="BEFORE", show_default=False,
-                                  help="Before date: GeoTIFF (any CRS, 1-N bands, 8/16-bit or float) or a "
-                                  "plain PNG/JPEG/TIFF."),
-    after: Path = typer.Argument(..., metavar="AFTER", show_default=False,
-                                 help="After date of the same place; warped onto BEFORE's grid when its CRS, "
-                                 "resolution or extent differ (plain images: same size as BEFORE)."),
-    out: Path = typer.Option(..., "--out", show_default=False,
-                             help="Features file to write: GeoJSON (RFC 7946, WGS84 lon/lat), or GeoPackage "
-                             "with --format gpkg or a .gpkg name."),
+    before: Path | None = typer.Argument(None, metavar="BEFORE", show_default=False,
+                                         help="Before date: GeoTIFF (any CRS, 1-N bands, 8/16-bit or float) "
+                                         "or a plain PNG/JPEG/TIFF."),
+    after: Path | None = typer.Argument(None, metavar="AFTER", show_default=False,
+                                        help="After date of the same place; warped onto BEFORE's grid when "
+                                        "its CRS, resolution or extent differ (plain images: same size as "
+                                        "BEFORE)."),
+    out: Path | None = typer.Option(None, "--out", show_default=False,
+                                    help="Features file to write: GeoJSON (RFC 7946, WGS84 lon/lat), or "
+                                    "GeoPackage with --format gpkg or a .gpkg name. With --list: the folder "
+                                    "(created if missing) for the rows without an out: ID.geojson (.gpkg)."),
+    scene_list: Path | None = typer.Option(None, "--list", show_default=False,
+                                           help="Run many scenes instead of BEFORE AFTER: a CSV whose header "
+                                           "names the columns before,after[,out][,id] (any order). before, "
+                                           "after: the rasters; out: the features file (default: --out "
+                                           "FOLDER/ID.geojson); id: the scene's name (default: its row "
+                                           "number). Relative paths are read from the CSV's folder. Every "
+                                           "row is checked before the first scene runs; each file is "
+                                           "written as `rsicrc scene` would write it."),
     model: Path | None = MODEL,
     tile: int = typer.Option(TILE, "--tile", help="Tile side in pixels of BEFORE's grid (LEVIR-CC: 256 px "
                              "at 0.5 m); each tile is resized to the model's input like `rsicrc caption`."),
@@ -77,6 +94,10 @@ def scene_command(
     json_out: bool = typer.Option(False, "--json", help="Print counts, timings, tiles/s, km2/min and the "
                                   "output paths as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    cluster: str = CLUSTER,
+    workers: int | None = WORKERS,
+    worker_threads: int | None = WORKER_THREADS,
+    gpus_per_worker: float | None = GPUS_PER_WORKER,
 ) -> None:
     """Caption every changed place of a BEFORE/AFTER scene pair into GIS features.
 
@@ -86,23 +107,52 @@ def scene_command(
     sentences) skips the decoder for tiles it calls unchanged, and each changed tile becomes a
     Feature with its caption, score, beams, row/col, pixel window and tile_id. Ctrl-C writes what
     is done (rsicrc.complete = false) and exits 130. Needs no PyTorch.
+
+    --list scenes.csv runs a list of scene pairs, one output file each; with --cluster
+    ray[:ADDRESS] each scene is one unit of work on Ray: workers load the model once and read the
+    rasters themselves (a shared file system), this process writes every file.
     """
     setup_logging()
 
-    def run() -> SceneReport:
+    def options_for(chosen: str) -> object:
         from rsicrc.runtime.images import parse_bands
-        from rsicrc.runtime.scene import SceneOptions, caption_scene
+        from rsicrc.runtime.scene import SceneOptions
 
-        chosen = fmt if fmt is not None else ("gpkg" if out.suffix.lower() == ".gpkg" else "geojson")
-        options = SceneOptions(
+        return SceneOptions(
             tile=tile, overlap=overlap, batch_size=batch_size, decoding=DecodingOptions(beam_size=beam),
             bands=parse_bands(bands) if bands is not None else None, all_tiles=all_tiles, query=query,
             top_k=top_k, quicklook=quicklook, heat=heat, format=chosen, max_nodata=max_nodata,
             gate_margin=gate_margin, progress=not quiet, model_dir=model,
             runtime=runtime_options(engine, device, precision, threads))
-        return caption_scene(before, after, out, options)
 
-    report = guarded(run)
+    def run() -> SceneReport | SceneListReport:
+        where = cluster_options(cluster, workers, worker_threads, gpus_per_worker)
+        if scene_list is not None:
+            if before is not None or after is not None:
+                raise ConfigError("give either BEFORE AFTER or --list scenes.csv, not both")
+            if quicklook is not None or heat is not None:
+                raise ConfigError("--quicklook and --heat are for one scene; they cannot be combined with "
+                                  "--list")
+            from rsicrc.runtime.scene.scene_list import caption_scene_list
+
+            return caption_scene_list(scene_list, out, options_for(fmt or "geojson"),  # type: ignore[arg-type]
+                                      where, fmt, progress=not quiet)
+        if before is None or after is None:
+            raise ConfigError("give BEFORE and AFTER rasters and --out FILE, or --list scenes.csv")
+        if out is None:
+            raise ConfigError("--out FILE is required: the features file to write")
+        if not where.is_local:
+            raise ConfigError("--cluster ray applies to --list; one scene runs in this process")
+        from rsicrc.runtime.scene import caption_scene
+
+        chosen = fmt if fmt is not None else ("gpkg" if out.suffix.lower() == ".gpkg" else "geojson")
+        return caption_scene(before, after, out, options_for(chosen))  # type: ignore[arg-type]
+
+    result = guarded(run)
+    if scene_list is not None:
+        _list_done(result, json_out)  # type: ignore[arg-type]
+        return
+    report: SceneReport = result  # type: ignore[assignment]
     if json_out:
         print_json(report.to_dict())
     else:
@@ -110,6 +160,23 @@ def scene_command(
     if not report.complete:
         typer.echo(f"interrupted: {report.out} holds the {report.counts['processed']} tiles done "
                    f"of {report.counts['tiles']}", err=True)
+        raise typer.Exit(INTERRUPTED)
+
+
+def _list_done(report: SceneListReport, json_out: bool) -> None:
+    """The list's summary (counts summed over its scenes); exit 130 when Ctrl-C stopped a scene."""
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        c = report.counts
+        typer.echo(f"{len(report.done)} of {report.listed} scenes on {report.where}: {c['tiles']} tiles, "
+                   f"{c['processed']} processed, {c['skipped_nodata']} skipped (nodata), {c['decoded']} "
+                   f"decoded, {c['changed']} changed\nwrote {c['features']} features to {len(report.done)} "
+                   f"file(s) ({report.total_s:.1f} s in all)")
+    if not report.complete:
+        row, run = report.done[-1]
+        typer.echo(f"interrupted: {row.out} holds the {run.counts['processed']} tiles done of "
+                   f"{run.counts['tiles']}; {report.listed - len(report.done)} scene(s) not run", err=True)
         raise typer.Exit(INTERRUPTED)
 
 

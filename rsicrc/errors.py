@@ -53,3 +53,7 @@ class DependencyError(RsicrcError):
 
 class IndexFolderError(RsicrcError):
     """A retrieval index folder is missing, damaged, or was made with another model."""
+
+
+class ClusterError(RsicrcError):
+    """A Ray cluster cannot be reached or started, lacks the resources asked for, or lost the work."""

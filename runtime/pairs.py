@@ -24,7 +24,8 @@ from rsicrc.checks import positive_int
 from rsicrc.errors import DataError
 from rsicrc.files import write_atomic
 from rsicrc.levircc import ANNOTATION_FILE, LevirCC
-from rsicrc.runtime.captioner import Captioner
+from rsicrc.runtime.captioner import Captioner, CaptionResult
+from rsicrc.runtime.cluster import ClusterOptions
 from rsicrc.runtime.decoding import DecodingOptions
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.model_folder import ModelFolder
@@ -152,6 +153,20 @@ def _check_run(out: Path, batch_size: int) -> None:
         raise DataError(f"--out {out} is a folder; give a file name such as captions.jsonl")
 
 
+def caption_items(captioner: Captioner, items: Sequence[PairItem], options: DecodingOptions,
+                  bands: Sequence[int] | None = None) -> list[CaptionResult]:
+    """Read one batch of pairs and caption it: one result per item."""
+    arrays = [read_item(i.id, i.before, i.after, bands) for i in items]
+    return captioner.caption_arrays([a[0] for a in arrays], [a[1] for a in arrays], options)
+
+
+def jsonl_line(item: PairItem, caption: str, score: float) -> bytes:
+    """One line of the `caption --pairs` output: id, before, after (as listed), caption, score."""
+    line = {"id": item.id, "before": str(item.before), "after": str(item.after), "caption": caption,
+            "score": score}
+    return (json.dumps(line) + "\n").encode("utf-8")
+
+
 def caption_to_jsonl(captioner: Captioner, items: Sequence[PairItem], out: Path, options: DecodingOptions,
                      batch_size: int = 8, bands: Sequence[int] | None = None, progress: bool = True) -> int:
     """Caption `items` in batches into `out`, one JSON object per line (id, before, after,
@@ -164,12 +179,9 @@ def caption_to_jsonl(captioner: Captioner, items: Sequence[PairItem], out: Path,
                   desc="captioning") as bar:
             for start in range(0, len(items), batch_size):
                 batch = items[start: start + batch_size]
-                arrays = [read_item(i.id, i.before, i.after, bands) for i in batch]
-                results = captioner.caption_arrays([a[0] for a in arrays], [a[1] for a in arrays], options)
+                results = caption_items(captioner, batch, options, bands)
                 for item, result in zip(batch, results, strict=True):
-                    line = {"id": item.id, "before": str(item.before), "after": str(item.after),
-                            "caption": result.caption, "score": result.score}
-                    f.write((json.dumps(line) + "\n").encode("utf-8"))
+                    f.write(jsonl_line(item, result.caption, result.score))
                 bar.update(len(batch))
 
     write_atomic(Path(out), write)
@@ -178,9 +190,17 @@ def caption_to_jsonl(captioner: Captioner, items: Sequence[PairItem], out: Path,
 
 def caption_pairs(source: Path, out: Path, options: DecodingOptions, model_dir: Path | None = None,
                   runtime: RuntimeOptions = RuntimeOptions(), split: str | None = None, batch_size: int = 8,
-                  bands: Sequence[int] | None = None, progress: bool = True) -> int:
+                  bands: Sequence[int] | None = None, progress: bool = True,
+                  cluster: ClusterOptions | None = None) -> int:
     """List the pairs of `source`, load the model and caption them all into `out` (JSONL).
-    Returns the number of pairs written. The listing is checked before the model loads."""
+    Returns the number of pairs written. The listing is checked before the model loads.
+    `cluster` (default: this process) may send the batches to Ray workers
+    (`rsicrc.runtime.distributed`); this process still writes the file, once complete."""
+    if cluster is not None and not cluster.is_local:
+        from rsicrc.runtime.distributed import caption_on_cluster
+
+        return caption_on_cluster(source, out, options, model_dir, runtime, cluster, split, batch_size, bands,
+                                  progress)
     items = list_pairs(source, split)
     _check_run(out, batch_size)
     captioner = Captioner(ModelFolder.open(model_dir), runtime)

@@ -47,6 +47,7 @@ from rsicrc.errors import ConfigError, DataError, DependencyError, IndexFolderEr
 from rsicrc.levircc import ANNOTATION_FILE, LevirCC
 from rsicrc.runtime import onnx_proto
 from rsicrc.runtime.backend import import_onnxruntime, session_options
+from rsicrc.runtime.cluster import ClusterOptions
 from rsicrc.runtime.encoders import ImageEncoder, TextEncoder
 from rsicrc.runtime.index import DEFAULT_COMMIT_ROWS, IndexWriter, StoredIndex, normalize_rows, open_index
 from rsicrc.runtime.index_format import INDEX_FILE, Entry, model_identity, read_header
@@ -321,14 +322,28 @@ def _entries(source: Path, split: str | None) -> list[Entry]:
             for i in items]
 
 
+def embed_entries(encoder: ImageEncoder, entries: Sequence[Entry], bands: Sequence[int] | None = None
+                  ) -> np.ndarray:
+    """Read one batch of pairs and embed it: float32 [len(entries), C], not normalised."""
+    arrays = [read_item(e.id, Path(e.before), Path(e.after), bands) for e in entries]
+    return encoder.embed([a[0] for a in arrays], [a[1] for a in arrays])
+
+
 def index_pairs(source: Path, index_dir: Path, model_dir: Path | None = None,
                 runtime: RuntimeOptions = RuntimeOptions(), split: str | None = None, batch_size: int = 8,
                 dtype: str | None = None, bands: Sequence[int] | None = None,
-                commit_every: int = DEFAULT_COMMIT_ROWS, progress: bool = True) -> IndexReport:
+                commit_every: int = DEFAULT_COMMIT_ROWS, progress: bool = True,
+                cluster: ClusterOptions | None = None) -> IndexReport:
     """Embed the pairs of `source` (a LEVIR-CC folder, a folder with A/ and B/, or a CSV) into the
     index folder, creating it or appending: ids already committed are skipped (resume), every
     `commit_every` pairs are committed. The listing is checked before the model loads; only the
-    image encoder is loaded."""
+    image encoder is loaded. `cluster` (default: this process) may send the batches to Ray workers
+    (`rsicrc.runtime.distributed`); this process still writes the index."""
+    if cluster is not None and not cluster.is_local:
+        from rsicrc.runtime.distributed import index_on_cluster
+
+        return index_on_cluster(source, index_dir, model_dir, runtime, cluster, split, batch_size, dtype,
+                                bands, commit_every, progress)
     positive_int(batch_size, "batch size")
     entries = _entries(source, split)
     index_dir = Path(index_dir)
@@ -345,8 +360,7 @@ def index_pairs(source: Path, index_dir: Path, model_dir: Path | None = None,
                   desc="indexing") as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start: start + batch_size]
-                arrays = [read_item(e.id, Path(e.before), Path(e.after), bands) for e in batch]
-                writer.add(batch, encoder.embed([a[0] for a in arrays], [a[1] for a in arrays]))
+                writer.add(batch, embed_entries(encoder, batch, bands))
                 bar.update(len(batch))
         total = writer.count
     return IndexReport(added=len(todo), skipped=len(entries) - len(todo), total=total, index_dir=index_dir)

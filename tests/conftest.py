@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,20 @@ def format1_copy(model_dir: Path, dest: Path) -> Path:
 def format1_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model folder as a format-1 export (its decoder step has no cross_attention)."""
     return format1_copy(tiny_model, tmp_path_factory.mktemp("format1") / "model")
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A local Ray instance for the session's cluster tests: 2 CPUs (2 workers of 1 thread, as on
+    the 2-core machine), a small object store, no dashboard. Runs in this process use it; subprocesses
+    join it with --cluster ray:ADDRESS. Skipped (with the reason) only where ray is not importable:
+    CI installs the dev extra, which has ray[data]."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'rsicrc[ray]')")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 << 20, logging_level=logging.ERROR,
+             log_to_driver=False)  # as rsicrc's own: the CLI's stderr is its own lines only
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -22,13 +22,14 @@ REQUIRED = ("name", "config", "backend", "precision", "batch", "beam", "median_m
 def test_scripts_import_without_heavy_libraries() -> None:
     code = ("import sys\n"
             "import benchmarks.captioning, benchmarks.contenders, benchmarks.load, benchmarks.machine, "
-            "benchmarks.profile, benchmarks.quality, benchmarks.run, benchmarks.attention_cost\n"
-            "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'open_clip') if m in sys.modules]\n"
+            "benchmarks.profile, benchmarks.quality, benchmarks.run, benchmarks.attention_cost, "
+            "benchmarks.cluster\n"
+            "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'open_clip', 'ray') if m in sys.modules]\n"
             "print(','.join(heavy))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"imported at import time: {proc.stdout.strip()}"
-    for module in ("captioning", "machine", "quality", "run", "attention_cost"):
+    for module in ("captioning", "machine", "quality", "run", "attention_cost", "cluster"):
         assert callable(importlib.import_module(f"benchmarks.{module}").main)
 
 

@@ -279,7 +279,8 @@ def test_heat_layer_is_a_cog_with_each_tiles_score_and_nodata_where_skipped(
         values = ds.read(1)
     for feature in doc["features"]:
         p = feature["properties"]
-        cells = values[2 * p["row"]: 2 * p["row"] + 2, 2 * p["col"]: 2 * p["col"] + 2]  # 64 px tile: 2x2 cells
+        # a 64 px tile covers 2x2 cells
+        cells = values[2 * p["row"]: 2 * p["row"] + 2, 2 * p["col"]: 2 * p["col"] + 2]
         np.testing.assert_allclose(cells, -p["gate_score"], rtol=1e-6)
     assert np.isnan(values[6:8, 4:8]).all()  # r003c002, r003c003: nodata tiles, skipped
     assert np.isfinite(values).sum() == 14 * 4
@@ -297,7 +298,8 @@ def test_heat_cells_take_the_larger_score_of_overlapping_tiles_and_have_overview
     for t in tiles:
         layer.paint(t, float(t.index))
     assert layer.values.shape == (32, 63)  # ceil(1000/32), ceil(2000/32)
-    # the cell at pixel (col 300, row 200) of the window: tiles starting at cols 128/256, rows 128/... overlap it
+    # the cell at pixel (col 300, row 200) of the window: tiles starting at cols 128/256, rows 128/...
+    # overlap it
     covering = [t.index for t in tiles if t.window.col_off - 100 <= 300 < t.window.col_off - 100 + 256
                 and t.window.row_off - 40 <= 200 < t.window.row_off - 40 + 256]
     assert layer.values[200 // 32, 300 // 32] == max(covering)

@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -190,6 +191,49 @@ def _meta(scene: ScenePair, model: SceneModel, options: SceneOptions, tiles: lis
     }
 
 
+@dataclass(frozen=True)
+class SceneRun:
+    """What one scene gave, before anything is written: the FeatureCollection and the report's parts."""
+
+    collection: dict[str, Any]  # RFC 7946 FeatureCollection with its `rsicrc` member
+    complete: bool  # False when Ctrl-C stopped the tile loop
+    counts: dict[str, int]  # as SceneReport.counts
+    timing_s: dict[str, float]  # seconds per stage so far (no features "write", no "total")
+    area_km2: float | None  # ground area of the processed tiles
+    alignment: str  # what was done to align the dates (one line)
+
+
+def run_scene(scene: ScenePair, model: SceneModel, options: SceneOptions, timer: _Timer | None = None,
+              quicklook: Path | None = None, heat: Path | None = None) -> SceneRun:
+    """Tile, encode, gate and decode an open scene pair with a loaded model into its features (not
+    written: the caller writes them, here or in a cluster's driver); the quick-look and the change
+    layer are written here when asked for (they need the open scene)."""
+    timer = timer or _Timer()
+    tile, overlap = check_tile(options.tile, options.overlap, model.input_size)
+    tiles = tile_grid(scene.alignment.window, tile, overlap)
+    stretch = timer("fit_stretch", lambda: fit_stretch(scene))
+    loop = _TileLoop(scene, model, stretch, options, timer)
+    log.info(scene.alignment.describe())  # only now: bad input stays a single error line
+    log.info(f"captioning {len(tiles)} tiles of {tile} px (overlap {overlap})")
+    start = time.perf_counter()
+    complete = loop.run(tiles)
+    results = loop.ranked(complete) if options.query is not None else loop.results
+    timer.s["tiles"] = time.perf_counter() - start
+    counts = {**loop.counts, "tiles": len(tiles), "features": len(results)}
+    crs = scene.before.crs if scene.alignment.georeferenced else None
+    geo = Georeference(crs, scene.before.transform)
+    meta = _meta(scene, model, options, tiles, tile, overlap, stretch, counts, complete)
+    collection = feature_collection(results, geo, meta)
+    if quicklook is not None:
+        timer("write", lambda: write_quicklook(quicklook, scene, stretch, results))
+    if heat is not None and loop.heat is not None:
+        tags = {"model": json.dumps(meta["model"]), "complete": str(complete).lower(),
+                "gate_margin": str(options.gate_margin), "query": options.query or ""}
+        timer("write", lambda: loop.heat.write(heat, crs, scene.before.transform, tags))  # type: ignore[union-attr]
+    area = _area_km2(scene, counts["processed"] / len(tiles))
+    return SceneRun(collection, complete, counts, dict(timer.s), area, scene.alignment.describe())
+
+
 def caption_scene(before: Path, after: Path, out: Path, options: SceneOptions | None = None) -> SceneReport:
     """Caption the changed tiles of a scene pair into `out` (GeoJSON or GeoPackage); see the module doc."""
     options = options or SceneOptions()
@@ -200,29 +244,8 @@ def caption_scene(before: Path, after: Path, out: Path, options: SceneOptions | 
     began = time.perf_counter()
     with timer("open", lambda: ScenePair(before, after, options.bands)) as scene:
         model = timer("load_model", lambda: SceneModel(options.model_dir, options.runtime))
-        tile, overlap = check_tile(options.tile, options.overlap, model.input_size)
-        tiles = tile_grid(scene.alignment.window, tile, overlap)
-        stretch = timer("fit_stretch", lambda: fit_stretch(scene))
-        loop = _TileLoop(scene, model, stretch, options, timer)
-        log.info(scene.alignment.describe())  # only now: bad input stays a single error line
-        log.info(f"captioning {len(tiles)} tiles of {tile} px (overlap {overlap})")
-        start = time.perf_counter()
-        complete = loop.run(tiles)
-        results = loop.ranked(complete) if options.query is not None else loop.results
-        timer.s["tiles"] = time.perf_counter() - start
-        counts = {**loop.counts, "tiles": len(tiles), "features": len(results)}
-        crs = scene.before.crs if scene.alignment.georeferenced else None
-        geo = Georeference(crs, scene.before.transform)
-        meta = _meta(scene, model, options, tiles, tile, overlap, stretch, counts, complete)
-        collection = feature_collection(results, geo, meta)
-        timer("write", lambda: write_features(out, collection, options.format))
-        if quicklook is not None:
-            timer("write", lambda: write_quicklook(quicklook, scene, stretch, results))
-        if heat is not None and loop.heat is not None:
-            tags = {"model": json.dumps(meta["model"]), "complete": str(complete).lower(),
-                    "gate_margin": str(options.gate_margin), "query": options.query or ""}
-            timer("write", lambda: loop.heat.write(heat, crs, scene.before.transform, tags))  # type: ignore[union-attr]
-        area = _area_km2(scene, counts["processed"] / len(tiles))
+        done = run_scene(scene, model, options, timer, quicklook, heat)
+    timer("write", lambda: write_features(out, done.collection, options.format))
     timer.s["total"] = time.perf_counter() - began
-    return SceneReport(out, quicklook, complete, counts, dict(timer.s), area, scene.alignment.describe(),
-                       heat)
+    return SceneReport(out, quicklook, done.complete, done.counts, dict(timer.s), done.area_km2,
+                       done.alignment, heat)
