@@ -53,3 +53,15 @@ class DependencyError(RsicrcError):
 
 class IndexFolderError(RsicrcError):
     """A retrieval index folder is missing, damaged, or was made with another model."""
+
+
+class ServiceBusyError(RsicrcError):
+    """The service cannot take a request now (queue full, model still loading, shutting down)."""
+
+
+class AccessError(RsicrcError):
+    """A request names a file outside the folder the service was allowed to read."""
+
+
+class RequestTooLargeError(RsicrcError):
+    """A request body is larger than the service accepts."""
