@@ -340,33 +340,93 @@ def _wait_for_depth(client: Any, depth: int, timeout_s: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def test_full_queue_answers_503_then_sigterm_drains_and_exits_0(model_dir: Path,
-                                                                 files: dict[str, Any]) -> None:
-    server = ServerProcess(["--model", model_dir, "--max-queue", "2", "--max-wait-ms", "1500",
-                            "--device", "cpu"], prelude=NO_TORCH).start()
+def _slow_upload(client: Any, allowed: Path, seconds: float) -> Any:
+    """POST a pair whose multipart body trickles in over `seconds`: the server knows the request
+    is on its way (announced to the batcher) from its headers on, so batches forming meanwhile wait
+    for it, up to --max-wait-ms."""
+    request = httpx.Request("POST", "http://x", files=upload(allowed, "A/p3.png", "B/p3.png"))
+    body, pieces = request.read(), 20
+
+    def trickle():
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            yield body[i: i + step]
+            time.sleep(seconds / pieces)
+
+    return client.post("/v1/caption", content=trickle(),
+                       headers={"content-type": request.headers["content-type"]})
+
+
+def test_full_queue_answers_503_with_retry_after_and_serving_goes_on(model_dir: Path,
+                                                                     files: dict[str, Any]) -> None:
+    allowed = files["allowed"]
+    want = cli_answer(model_dir, allowed, "A/p3.png", "B/p3.png", 4)
+    with ServerProcess(["--model", model_dir, "--max-queue", "1", "--max-batch", "1", "--device", "cpu"],
+                       prelude=NO_TORCH) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        def send(_: int = 0) -> Any:
+            return client.post("/v1/caption", files=upload(allowed, "A/p3.png", "B/p3.png"),
+                               data={"beam": "4"})
+
+        refused: list[Any] = []
+        for _ in range(5):  # a burst of 32 against a queue of 1 and batches of 1: some must be refused
+            with ThreadPoolExecutor(32) as pool:
+                responses = list(pool.map(send, range(32)))
+            assert {r.status_code for r in responses} <= {200, 503}
+            for r in responses:
+                if r.status_code == 200:
+                    assert_same_caption(r.json(), want)
+            refused = [r for r in responses if r.status_code == 503]
+            if refused:
+                break
+        assert refused, "a burst of 32 never filled a queue of 1"
+        assert_error(refused[0], 503, "queue is full (1 waiting)")
+        assert refused[0].headers["retry-after"] == "1"
+        assert_same_caption(send().json(), want)  # serving goes on
+        assert metric(client, "rsicrc_queue_depth") == 0
+
+
+def _slow_upload(client: Any, allowed: Path, seconds: float) -> Any:
+    """POST a pair whose multipart body trickles in over `seconds`: the server knows the request
+    is on its way (announced to the batcher) from its headers on, so batches forming meanwhile wait
+    for it, up to --max-wait-ms."""
+    request = httpx.Request("POST", "http://x", files=upload(allowed, "A/p3.png", "B/p3.png"))
+    body, pieces = request.read(), 20
+
+    def trickle():
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            yield body[i: i + step]
+            time.sleep(seconds / pieces)
+
+    return client.post("/v1/caption", content=trickle(),
+                       headers={"content-type": request.headers["content-type"]})
+
+
+def test_sigterm_answers_queued_and_uploading_requests_then_exits_0(model_dir: Path,
+                                                                      files: dict[str, Any]) -> None:
+    allowed = files["allowed"]
+    want = cli_answer(model_dir, allowed, "A/p3.png", "B/p3.png")
+    server = ServerProcess(["--model", model_dir, "--max-wait-ms", "6000", "--device", "cpu"],
+                           prelude=NO_TORCH).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client, ThreadPoolExecutor(4) as pool:
-            send = lambda: client.post("/v1/caption", files=upload(files["allowed"], "A/p3.png", "B/p3.png"))  # noqa: E731
-            queued = [pool.submit(send) for _ in range(2)]
-            _wait_for_depth(client, 2)  # both wait for batch-mates (max-wait 1.5 s)
-            refused = send()
-            assert_error(refused, 503, "queue is full (2 requests waiting)")
-            assert refused.headers["retry-after"] == "1"
-            want = cli_answer(model_dir, files["allowed"], "A/p3.png", "B/p3.png")
-            for future in queued:
-                assert_same_caption(future.result(30).json(), want)
-            assert send().status_code == 200  # serving again
+            def send() -> Any:
+                return client.post("/v1/caption", files=upload(allowed, "A/p3.png", "B/p3.png"))
 
+            assert send().status_code == 200  # alone: answered at once, no --max-wait-ms for nobody
+            slow = pool.submit(_slow_upload, client, allowed, 3.0)
             queued = [pool.submit(send) for _ in range(2)]
-            _wait_for_depth(client, 2)
-            stopper = threading.Thread(target=lambda: setattr(server, "code", server.stop()))
-            stopper.start()  # SIGTERM while two requests wait in the queue
-            for future in queued:
-                response = future.result(60)
-                assert response.status_code == 200, response.text
-                assert_same_caption(response.json(), want)
+            _wait_for_depth(client, 2)  # both wait for the slow one to join their batch
+            code: list[int] = []
+            stopper = threading.Thread(target=lambda: code.append(server.stop()))
+            stopper.start()  # SIGTERM while two requests wait and a third is still uploading
+            responses = [f.result(60) for f in [slow, *queued]]
             stopper.join(60)
-        assert server.code == 0, "\n".join(server.log[-20:])  # type: ignore[attr-defined]
+        for response in responses:
+            assert response.status_code == 200, response.text
+            assert_same_caption(response.json(), want)
+        assert [int(r.headers["x-batch-size"]) for r in responses] == [3, 3, 3]
+        assert code == [0], "\n".join(server.log[-20:])
         host, port = server.url.removeprefix("http://").split(":")
         with pytest.raises(OSError):
             socket.create_connection((host, int(port)), timeout=2).close()

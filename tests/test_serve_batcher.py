@@ -68,6 +68,34 @@ def test_waits_up_to_max_wait_for_batch_mates() -> None:
     assert batcher.close(5)
 
 
+def test_with_announcements_it_waits_only_for_requests_on_their_way() -> None:
+    run = Recorder()
+    batcher = Batcher(run, max_batch=4, max_wait_s=5.0, max_queue=10, wait_for_announced=True)
+    start = time.monotonic()
+    assert batcher.submit(1, "k").result(5).batch_size == 1  # nobody announced: no wait at all
+    assert time.monotonic() - start < 2.0
+    batcher.announce()
+    batcher.announce()  # two requests on their way (being read)
+    first = batcher.submit(2, "k")
+    batcher.withdraw()  # the first of them is now queued
+    time.sleep(0.3)
+    assert not first.done()  # it waits for the other one
+    second = batcher.submit(3, "k")
+    batcher.withdraw()
+    assert first.result(5).batch_size == second.result(5).batch_size == 2
+    assert run.batches[-1] == ("k", [2, 3])
+    batcher.announce()  # announced, then never submitted (it failed): max_wait still bounds the wait
+    short = Batcher(run, max_batch=4, max_wait_s=0.3, max_queue=10, wait_for_announced=True)
+    short.announce()
+    alone = short.submit(4, "k")
+    assert alone.result(5).queue_ms >= 250.0
+    full = Batcher(run, max_batch=8, max_wait_s=5.0, max_queue=2, wait_for_announced=True)
+    full.announce()  # someone is on the way, but the queue is full: waiting would only refuse requests
+    pair = [full.submit(5, "k"), full.submit(6, "k")]
+    assert [f.result(2.5).batch_size for f in pair] == [2, 2]
+    assert batcher.close(5) and short.close(5) and full.close(5)
+
+
 def test_full_queue_refuses_and_close_drains() -> None:
     run = Recorder()
     run.gate.clear()

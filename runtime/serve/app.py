@@ -33,6 +33,7 @@ from rsicrc.runtime.serve import openapi
 from rsicrc.runtime.serve.inputs import (
     IMAGE_FIELDS,
     PARAMETER_FIELDS,
+    PreparedPair,
     check_fields,
     decoding_options,
     prepare,
@@ -152,7 +153,8 @@ def create_app(service: Service) -> Any:
         service.require_ready()  # before reading a large body the queue has no room for
         spec = service.captioner.model.preprocess  # type: ignore[union-attr]  # ready
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
+
+        async def read_upload() -> PreparedPair:
             async with request.form(max_files=len(IMAGE_FIELDS), max_fields=len(PARAMETER_FIELDS)) as form:
                 check_fields(form.keys(), IMAGE_FIELDS + PARAMETER_FIELDS)
                 required(dict(form), IMAGE_FIELDS)
@@ -164,9 +166,10 @@ def create_app(service: Service) -> Any:
                     files[name] = (upload.file, upload.filename)
                 options = decoding_options(form.get("beam"), settings.max_beam)
                 bands = request_bands(form.get("bands"))
-                pair = await asyncio.to_thread(prepare, lambda: read_uploaded_pair(files, bands), options,
+                return await asyncio.to_thread(prepare, lambda: read_uploaded_pair(files, bands), options,
                                                spec)
-        elif kind == "application/json" or kind.endswith("+json"):
+
+        async def read_paths() -> PreparedPair:
             root = settings.allowed_root
             if root is None:
                 raise AccessError("this server reads no paths; upload before and after as "
@@ -176,12 +179,16 @@ def create_app(service: Service) -> Any:
             required(body, IMAGE_FIELDS)
             options = decoding_options(body.get("beam"), settings.max_beam)
             bands = request_bands(body.get("bands"))
-            pair = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 prepare, lambda: read_allowed_pair(root, body["before"], body["after"], bands), options, spec)
+
+        if kind == "multipart/form-data":
+            answer, batch_size = await service.caption(read_upload)
+        elif kind == "application/json" or kind.endswith("+json"):
+            answer, batch_size = await service.caption(read_paths)
         else:
             raise HTTPException(415, f"unsupported content type {kind or 'none'!r}; send multipart/form-data "
                                 "(files before, after) or application/json (paths, with --allow-paths)")
-        answer, batch_size = await service.caption(pair)
         return JSONResponse(answer, headers={BATCH_HEADER: str(batch_size)})
 
     @app.post("/v1/search", summary="Rank the indexed pairs by a text query",

@@ -5,8 +5,15 @@ max_wait for them to arrive, and runs them as one batch. Torch-free, no web libr
 Grouping. Waiting requests are kept per key (the frozen `DecodingOptions`), each group in arrival
 order. The next batch always comes from the group holding the oldest request, so no request waits
 behind younger ones of another key for more than the batches in between. The worker waits for
-batch-mates only while the oldest request is younger than max_wait; under load the queue fills
-while a batch runs, and the next batch starts at once with whatever has gathered.
+batch-mates only while the oldest request is younger than max_wait and the queue is not full;
+under load the queue fills while a batch runs, and the next batch starts at once with whatever has
+gathered.
+
+Announced requests. With `wait_for_announced`, the caller announces each request when it arrives
+(`announce()`, before its images are read) and withdraws it once submitted or failed; the worker
+then waits for batch-mates only while announced requests are still on their way: a lone request
+runs at once instead of waiting max_wait for nobody, and a burst that arrives while a batch runs
+is gathered whole (up to max_wait) instead of being cut at the first request that is ready.
 
 Backpressure. `submit` raises ServiceBusyError when max_queue requests are already waiting (they
 are not yet in a batch) or when the batcher is closing. `close` stops new submissions, lets the
@@ -61,7 +68,8 @@ class Batcher(Generic[J, R]):
     """One worker thread running `run(jobs, key)` over batches of jobs with one key."""
 
     def __init__(self, run: BatchFn, max_batch: int, max_wait_s: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None, name: str = "rsicrc-batcher") -> None:
+                 on_batch: Callable[[int, float], None] | None = None, wait_for_announced: bool = False,
+                 name: str = "rsicrc-batcher") -> None:
         self._run = run
         self.max_batch = positive_int(max_batch, "max-batch")
         self.max_wait_s = finite_number(max_wait_s, "max-wait", minimum=0.0)
@@ -69,6 +77,8 @@ class Batcher(Generic[J, R]):
         self._on_batch = on_batch  # (batch size, seconds) after every batch, for metrics
         self._groups: dict[Hashable, deque[_Waiting[J, R]]] = {}
         self._depth = 0  # jobs waiting in self._groups
+        self._wait_for_announced = wait_for_announced  # wait only while announced jobs are on their way
+        self._announced = 0  # jobs announced and not yet withdrawn
         self._closing = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -86,11 +96,22 @@ class Batcher(Generic[J, R]):
             if self._closing:
                 raise ServiceBusyError("the service is shutting down; send the request to another instance")
             if self._depth >= self.max_queue:
-                raise ServiceBusyError(f"the queue is full ({self.max_queue} requests waiting); retry later")
+                raise ServiceBusyError(f"the queue is full ({self.max_queue} waiting); retry later")
             self._groups.setdefault(key, deque()).append(_Waiting(job, future, time.monotonic()))
             self._depth += 1
             self._cond.notify()
         return future
+
+    def announce(self) -> None:
+        """A request has arrived and will be submitted (or withdrawn) soon."""
+        with self._cond:
+            self._announced += 1
+
+    def withdraw(self) -> None:
+        """An announced request has been submitted, or will not be (it failed)."""
+        with self._cond:
+            self._announced -= 1
+            self._cond.notify()
 
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new jobs, finish the queued ones, stop the worker; False if it outlived `timeout`."""
@@ -120,7 +141,9 @@ class Batcher(Generic[J, R]):
             key = min(self._groups, key=lambda k: self._groups[k][0].queued_at)
             group = self._groups[key]
             left = group[0].queued_at + self.max_wait_s - time.monotonic()
-            if len(group) >= self.max_batch or left <= 0 or self._closing:
+            nobody_coming = self._wait_for_announced and self._announced <= 0
+            full = self._depth >= self.max_queue  # waiting longer would only refuse requests
+            if len(group) >= self.max_batch or left <= 0 or self._closing or nobody_coming or full:
                 break
             self._cond.wait(left)
         batch = [group.popleft() for _ in range(min(self.max_batch, len(group)))]

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,7 +63,7 @@ class Service:
             retriever = Retriever(s.index, captioner.model.path, s.runtime, search=s.search)
         self.captioner, self.retriever = captioner, retriever
         self.batcher = Batcher(self._run_batch, s.max_batch, s.max_wait_ms / 1000.0, s.max_queue,
-                               on_batch=self.metrics.observe_batch)
+                               on_batch=self.metrics.observe_batch, wait_for_announced=True)
         self.state = READY
         self.metrics.ready.set(1)
         log.info("ready in %.1f s: %s (%s, %s)%s", time.perf_counter() - start, captioner.model.path,
@@ -102,8 +102,7 @@ class Service:
         if self.state == CLOSING:
             raise ServiceBusyError("the service is shutting down; send the request to another instance")
         if self.batcher is not None and self.batcher.depth >= self.settings.max_queue:
-            raise ServiceBusyError(f"the queue is full ({self.settings.max_queue} requests waiting); "
-                                   "retry later")
+            raise ServiceBusyError(f"the queue is full ({self.settings.max_queue} waiting); retry later")
 
     def describe(self) -> dict[str, Any]:
         """What GET /readyz reports."""
@@ -126,11 +125,20 @@ class Service:
         after = np.stack([p.after for p in pairs])
         return self.captioner.caption_preprocessed(before, after, key, {})
 
-    async def caption(self, pair: PreparedPair) -> tuple[dict[str, Any], int]:
-        """The pair's `rsicrc caption --json` object and the size of the batch it ran in."""
+    async def caption(self, read: Callable[[], Awaitable[PreparedPair]]) -> tuple[dict[str, Any], int]:
+        """Read a request (`await read()`: its pair, preprocessed), queue it, await its batch: the
+        `rsicrc caption --json` object and the size of the batch it ran in. The request is announced
+        to the batcher while it is read, so a batch forming meanwhile waits for it (batcher.py)."""
         self.require_ready()
-        assert self.batcher is not None  # READY
-        answer: Answer[CaptionResult] = await asyncio.wrap_future(self.batcher.submit(pair, pair.options))
+        batcher = self.batcher
+        assert batcher is not None  # READY
+        batcher.announce()
+        try:
+            pair = await read()
+            future = batcher.submit(pair, pair.options)
+        finally:
+            batcher.withdraw()
+        answer: Answer[CaptionResult] = await asyncio.wrap_future(future)
         return self.answer(answer, pair), answer.batch_size
 
     def answer(self, answer: Answer[CaptionResult], pair: PreparedPair) -> dict[str, Any]:
