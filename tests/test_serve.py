@@ -484,3 +484,27 @@ def test_without_the_serve_extra_modules_import_and_the_command_says_what_to_ins
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout.strip() == "imported 9"
     assert proc.stderr.strip() == "error: rsicrc serve needs FastAPI and uvicorn: pip install 'rsicrc[serve]'"
+
+
+# --- the load test script -------------------------------------------------------------------------
+
+def test_load_benchmark_runs_a_short_sweep_and_reports(model_dir: Path, files: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """benchmarks/serve_load.py end to end at toy scale: every level answered, nothing lost, the
+    server drained with exit code 0, the record has what the README's table reports."""
+    from benchmarks.serve_load import main
+
+    out = tmp_path / "load.json"
+    assert main(["--model", str(model_dir), "--data", str(files["archive"]), "--concurrency", "1,3",
+                 "--duration", "3", "--warmup", "0.5", "--soak", "2", "--soak-concurrency", "2",
+                 "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["exit_code"] == 0
+    levels = record["levels"]
+    assert [v["concurrency"] for v in levels] == [1, 3]
+    for v in levels:
+        assert v["ok"] > 0 and v["failed"] == v["lost"] == v["rejected"] == 0, v
+        assert v["p50_ms"] <= v["p95_ms"] <= v["p99_ms"]
+        assert sum(v["batch_sizes"].values()) == v["ok"] and v["mean_batch"] >= 1.0
+    assert set(levels[0]["batch_sizes"]) == {"1"}  # one client: always alone
+    assert record["soak"]["rss_mb_start"] > 0 and record["soak"]["level"]["lost"] == 0
