@@ -10,7 +10,6 @@ uvicorn's exit, and port 0 picks a free port that the start line reports.
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import sys
@@ -22,8 +21,6 @@ from rsicrc.runtime.serve.app import create_app
 from rsicrc.runtime.serve.metrics import SERVE_EXTRA
 from rsicrc.runtime.serve.service import Service
 from rsicrc.runtime.serve.settings import ServeSettings
-
-log = logging.getLogger(__name__)
 
 
 def import_uvicorn() -> Any:
@@ -72,8 +69,7 @@ def serve(settings: ServeSettings) -> int:
                             timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
 
-    def failed(message: str) -> None:
-        log.error("error: %s", message)
+    def failed(message: str) -> None:  # the CLI prints the message once the server has stopped
         server.should_exit = True
 
     print(f"rsicrc serve: listening on {url_of(sock)} (model loading; GET /readyz says when it is ready)",

@@ -79,6 +79,10 @@ class Service:
             except RsicrcError as e:
                 self.state, self.failure = FAILED, str(e)
                 on_failure(str(e))
+            except Exception as e:  # a thread boundary: an unexpected failure must stop the server too
+                log.exception("loading the model failed")
+                self.state, self.failure = FAILED, " ".join(f"{type(e).__name__}: {e}".split())
+                on_failure(self.failure)
 
         thread = threading.Thread(target=run, name="rsicrc-load", daemon=True)
         thread.start()
