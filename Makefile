@@ -1,5 +1,6 @@
 # rsicrc — the two commands of the README, plus helpers.
-#   make demo [SEED=0] [OUT=demo-out]   environment + synthetic data + train tiny + evaluate (+ export, caption)
+#   make demo [SEED=0] [OUT=demo-out]   environment + synthetic data + train tiny + evaluate (+ export, caption,
+#                                       search, a whole scene)
 #   make test                           environment + lint + the whole test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -35,19 +36,19 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	mkdir -p $(OUT)
-	rm -rf $(OUT)/data $(OUT)/checkpoint $(OUT)/model $(OUT)/index
-	@echo "== 1/6 synthesize $(PAIRS) pairs (seed $(SEED))"
+	rm -rf $(OUT)/data $(OUT)/checkpoint $(OUT)/model $(OUT)/index $(OUT)/scene
+	@echo "== 1/7 synthesize $(PAIRS) pairs (seed $(SEED))"
 	$(BIN)/rsicrc synth --out $(OUT)/data --count $(PAIRS) --seed $(SEED)
-	@echo "== 2/6 train the tiny config on CPU (at most $(DEMO_MINUTES) minutes)"
+	@echo "== 2/7 train the tiny config on CPU (at most $(DEMO_MINUTES) minutes)"
 	$(BIN)/rsicrc-train --config tiny --data $(OUT)/data --out $(OUT)/checkpoint \
 		--seed $(SEED) --max-minutes $(DEMO_MINUTES)
-	@echo "== 3/6 evaluate on the synthetic test split (PyTorch, beam 3)"
+	@echo "== 3/7 evaluate on the synthetic test split (PyTorch, beam 3)"
 	$(BIN)/rsicrc evaluate $(OUT)/checkpoint --data $(OUT)/data --split test --beam 3 \
 		--out $(OUT)/metrics.json
 	$(PY) scripts/demo_show.py targets $(OUT)/metrics.json
-	@echo "== 4/6 export to ONNX (validated against PyTorch)"
+	@echo "== 4/7 export to ONNX (validated against PyTorch)"
 	$(BIN)/rsicrc export $(OUT)/checkpoint --out $(OUT)/model --data $(OUT)/data
-	@echo "== 5/6 caption with the torch-free runtime"
+	@echo "== 5/7 caption with the torch-free runtime"
 	@pair=$$(ls $(OUT)/data/images/test/A | sed -n 1p); \
 	echo "held-out synthetic pair $$pair:"; \
 	$(BIN)/rsicrc caption $(OUT)/data/images/test/A/$$pair $(OUT)/data/images/test/B/$$pair --model $(OUT)/model; \
@@ -59,11 +60,17 @@ demo: $(STAMP)
 			--out $(OUT)/levircc_samples.jsonl --quiet; \
 		$(PY) scripts/demo_show.py captions $(OUT)/levircc_samples.jsonl; \
 	else echo "($(SHARED)/data/levircc/samples not found: real sample pairs skipped)"; fi
-	@echo "== 6/6 index the synthetic test split and search it by text (top 5)"
+	@echo "== 6/7 index the synthetic test split and search it by text (top 5)"
 	$(BIN)/rsicrc index $(OUT)/data --split test --model $(OUT)/model --out $(OUT)/index --quiet
 	$(PY) scripts/demo_show.py queries $(SHARED)/data/levircc/LevirCCcaptions.json > $(OUT)/queries.txt
 	$(BIN)/rsicrc search --index $(OUT)/index --model $(OUT)/model --queries $(OUT)/queries.txt --top-k 5
+	@echo "== 7/7 caption a whole scene: an 8x8-tile synthetic GeoTIFF pair (UTM 32N, 0.5 m, 2,048 px)"
+	$(BIN)/rsicrc synth-scene --out $(OUT)/scene --rows 8 --cols 8 --seed $(SEED) --quiet
+	$(BIN)/rsicrc scene $(OUT)/scene/before.tif $(OUT)/scene/after.tif --model $(OUT)/model \
+		--out $(OUT)/scene/changes.geojson --quicklook $(OUT)/scene/changes.png --quiet
+	@$(PY) -c 'import json, sys; t = json.load(open(sys.argv[1])); print("truth:", len(t["changed_tiles"]), "of", len(t["tiles"]), "tiles changed")' $(OUT)/scene/truth.json
 	@echo "metrics: $(OUT)/metrics.json   model: $(OUT)/model   index: $(OUT)/index"
+	@echo "scene features: $(OUT)/scene/changes.geojson   quick-look: $(OUT)/scene/changes.png"
 
 # benchmarks (benchmarks/README.md), BENCH_ARGS e.g. "--tiny-checkpoint CKPT --data DATA";
 # order-only on the venv: a benchmark never reinstalls the environment it measures

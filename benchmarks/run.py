@@ -186,6 +186,19 @@ def _retrieval_row(config: str, s: dict[str, Any], text: dict[str, Any]) -> dict
     return row
 
 
+def loading(args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """Cold and warm load of the paper model folder, fp32 and int8 (benchmarks.load)."""
+    model = state["artefacts"].get("paper", {}).get("model")
+    if model is None:
+        state["skipped"].append("load: no paper model folder")
+        return
+    _log("load: paper fp32 and int8, cold and warm")
+    rows, err = _python("benchmarks.load", ["--model", model, "--threads", str(args.threads)], 900)
+    if err:
+        state["errors"].append(f"load: {err}")
+    state["load"].extend(rows or [])
+
+
 def quality(args: argparse.Namespace, state: dict[str, Any]) -> None:
     ckpt, data = state["tiny_ckpt"], args.data
     if ckpt is None or data is None or not Path(data).is_dir():
@@ -239,6 +252,9 @@ def targets(state: dict[str, Any]) -> list[dict[str, Any]]:
                            ("fp32 text encoder, quantized", "quantized_query_ms"),
                            ("int8 text encoder, quantized", "quantized_int8_query_ms")):
             add(f"{config}: text query over 100k pairs ({label})", hit and hit.get(key), 20.0, False, "ms")
+    warm = next((x for x in state.get("load", []) if x["name"] == "load/paper/fp32/warm"), None)
+    add("paper fp32 warm `rsicrc caption`: load / (encode + decode)", warm and warm["load_over_compute"], 1.5,
+        False, "x")
     big = next((x for x in state["retrieval"] if x["pairs"] >= 1_000_000), None)
     rows.append({"target": "text query over 1M pairs works", "value": big and big.get("query_ms"),
                  "goal": "works", "met": None if big is None else "query_ms" in big,
@@ -275,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         args.data = DEMO_DATA
     state: dict[str, Any] = {"records": [], "meta": {}, "errors": [], "skipped": [], "retrieval": [],
                              "quality": [], "artefacts": {}, "tiny_ckpt": tiny, "limits": None,
-                             "profile": []}
+                             "profile": [], "load": []}
     machine = measure_limits(args, state)
     if args.quick:
         for _ in range(QUICK_ROUNDS):
             captioning("paper", args, list(HEADLINE), [1], [1], state)
+        loading(args, state)
         state["skipped"].append("quick run: batch 4/16, beam 3, (b), the tiny model, retrieval and "
                                 "quality are left out (make bench runs them)")
     else:
@@ -298,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             if err:
                 state["errors"].append(f"profile {precision}: {err}")
             state["profile"].append(prof)
+        loading(args, state)
         retrieval(args, state)
         quality(args, state)
     measure_limits(args, state)  # again at the end: the limits are the better of the two
@@ -309,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine and machine["machine"], "limits": state["limits"],
         "load_average_end": [round(x, 2) for x in os.getloadavg()], "artefacts": state["artefacts"],
         "records": state["records"], "analysis": state["analysis"], "retrieval": state["retrieval"],
-        "quality": state["quality"], "profile": [x for x in state["profile"] if x],
+        "quality": state["quality"], "profile": [x for x in state["profile"] if x], "load": state["load"],
         "targets": targets(state), "contender_meta": state["meta"],
         "skipped": state["skipped"], "errors": state["errors"],
     }
@@ -395,6 +413,14 @@ def write_markdown(result: dict[str, Any]) -> str:
                     "top operators:", ""]
             out += _table(["op", "ms per call", "share"],
                           [[o["op"], o["ms_per_call"], o["share"]] for o in g.get("ops", [])], 3)
+    if result.get("load"):
+        out += ["## Loading a model folder (paper config, `rsicrc caption` of one pair, fresh process)", "",
+                "cold = first call after export (the load cache removed: graphs hashed, optimized and "
+                "saved); warm = later calls (median). OS page cache warm in both.", ""]
+        out += _table(["record", "load ms", "encode ms", "decode ms", "load / (encode + decode)", "runs",
+                       "cache MB"],
+                      [[r["name"], r["load_ms"], r["encode_ms"], r["decode_ms"], r["load_over_compute"],
+                        r["runs"], r["cache_mb"]] for r in result["load"]], 2)
     if result["retrieval"]:
         out += ["## Retrieval", "", "Query = tokenize + text encoder (ONNX Runtime, fp32 or int8) + top-10 "
                 "over the index (benchmarks/retrieval_scale.py, random unit vectors of the model's width, "

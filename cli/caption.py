@@ -50,20 +50,27 @@ def caption(
                                     "object per pair: id, before, after, caption, score).",
                                     show_default=False),
     quiet: bool = typer.Option(False, "--quiet", help="With --pairs: no progress bar."),
+    heatmap: Path | None = typer.Option(None, "--heatmap", help="Also draw where the model looked: a PNG "
+                                        "with before | after | the summed attention | one panel per word "
+                                        "(needs a model folder exported with attention).",
+                                        show_default=False),
+    attention: bool = typer.Option(False, "--attention", help="With --json: add `attention`, one row of N "
+                                   "visual-token weights (row-major grid) per caption token."),
     backend: str | None = OLD_BACKEND,
 ) -> None:
     """Describe what changed between a BEFORE and an AFTER image, with an exported model.
 
     Needs no PyTorch: the model folder holds ONNX graphs run by ONNX Runtime. One pair prints
-    the caption (or JSON with --json); --pairs SOURCE --out FILE.jsonl captions many pairs in
-    batches and writes the file only when all of them succeeded.
+    the caption (or JSON with --json; --heatmap FILE.png also draws where the model looked);
+    --pairs SOURCE --out FILE.jsonl captions many pairs in batches and writes the file only
+    when all of them succeeded.
     """
     setup_logging()
 
     def run() -> object:
         from rsicrc.runtime.images import parse_bands
 
-        options = DecodingOptions(beam_size=beam, length_penalty=length_penalty)
+        options = DecodingOptions(beam_size=beam, length_penalty=length_penalty, attention=attention)
         runtime = runtime_options(engine, device, precision, threads, backend)
         chosen_bands = parse_bands(bands) if bands is not None else None
         if pairs is not None:
@@ -73,6 +80,8 @@ def caption(
                 raise ConfigError("--pairs needs --out FILE.jsonl")
             if json_out:
                 raise ConfigError("--json is for one pair; --pairs always writes JSON Lines to --out")
+            if heatmap is not None or attention:
+                raise ConfigError("--heatmap and --attention are for one pair, not --pairs")
             from rsicrc.runtime.pairs import caption_pairs
 
             return caption_pairs(pairs, out, options, model_dir=model, runtime=runtime, split=split,
@@ -81,14 +90,23 @@ def caption(
             raise ConfigError("give BEFORE and AFTER image files, or --pairs SOURCE --out FILE.jsonl")
         if out is not None or split is not None:
             raise ConfigError("--out and --split apply only with --pairs")
+        if attention and not json_out:
+            raise ConfigError("--attention adds the attention to the --json output; add --json")
+        if heatmap is not None:
+            from rsicrc.runtime.heatmap import caption_heatmap
+
+            return caption_heatmap(before, after, heatmap, options, model_dir=model, runtime=runtime,
+                                   bands=chosen_bands)
         from rsicrc.runtime.captioner import caption_pair
 
         return caption_pair(before, after, options, model_dir=model, runtime=runtime, bands=chosen_bands)
 
     result = guarded(run)
+    if heatmap is not None:
+        typer.echo(f"wrote the heatmap to {heatmap}", err=True)
     if pairs is not None:
         typer.echo(f"wrote {result} captions to {out}")
     elif json_out:
-        print_json(result.to_dict())  # type: ignore[attr-defined]
+        print_json(result.to_dict(attention=attention))  # type: ignore[attr-defined]
     else:
         typer.echo(result.caption)  # type: ignore[attr-defined]

@@ -23,9 +23,11 @@ from rsicrc.cli.common import app as make_app
 from rsicrc.cli.export import export_command
 from rsicrc.cli.import_original import import_original_command
 from rsicrc.cli.index import index_command
+from rsicrc.cli.scene import scene_command, synth_scene_command
 from rsicrc.cli.search import search_command
 from rsicrc.cli.serve import serve_command
 from rsicrc.cli.trt import build_engines_command, check_command
+from rsicrc.cli.verify import verify_command
 from rsicrc.errors import ConfigError
 from rsicrc.runtime.decoding import DecodingOptions
 
@@ -132,6 +134,9 @@ app.command("build-engines")(build_engines_command)
 app.command("check")(check_command)
 app.command("index")(index_command)
 app.command("search")(search_command)
+app.command("verify")(verify_command)
+app.command("scene")(scene_command)
+app.command("synth-scene")(synth_scene_command)
 app.command("serve")(serve_command)
 
 

@@ -91,7 +91,8 @@ class TextEncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """(input_ids [B,1], step [1], past K/V per layer, cross K/V) -> logits, present K/V.
+    """(input_ids [B,1], step [1], past K/V per layer, cross K/V) -> logits, present K/V,
+    cross_attention [B, N] (last multimodal layer, mean over heads).
 
     `step` is passed on as a 1-element tensor: the model compares it with arange(max_len) by
     broadcasting, so it never needs a Reshape or Gather of its own.
@@ -106,8 +107,8 @@ class DecoderStepGraph(nn.Module):
         n = self.cache_layers
         cache = [(tensors[2 * i], tensors[2 * i + 1]) for i in range(n)]
         cross = [(tensors[2 * n + 2 * i], tensors[2 * n + 2 * i + 1]) for i in range(self.cross_layers)]
-        logits, present = self.model.decode_step(input_ids[:, 0], step, cache, cross)  # [B, V]
-        return (logits, *[t for kv in present for t in kv])
+        logits, present, attention = self.model.decode_step(input_ids[:, 0], step, cache, cross)  # [B, V]
+        return (logits, *[t for kv in present for t in kv], attention)  # attention [B, N]
 
 
 def graph_modules(model: RSICRC, dims: Dims) -> dict[str, nn.Module]:
@@ -263,3 +264,31 @@ def check_graph_file(path: Path, spec: GraphSpec, opset: int) -> None:
 
 def to_numpy(tensors: Sequence[Tensor]) -> list[np.ndarray]:
     return [t.detach().cpu().numpy() for t in tensors]
+
+
+def drop_output(proto: Any, name: str) -> int:
+    """Remove the graph output `name` and then every node and initializer nothing uses any more, in
+    place; returns the number of nodes removed. Gives the graph an older contract declared
+    (format 1 had no `cross_attention`): for compatibility tests and the with/without cost check."""
+    graph = proto.graph
+    kept = [o for o in graph.output if o.name != name]
+    if len(kept) == len(graph.output):
+        raise ExportError(f"the graph has no output {name!r}")
+    del graph.output[:]
+    graph.output.extend(kept)
+    removed = 0
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+        removed += len(dead)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    produced = {o for n in graph.node for o in n.output}
+    for info in [v for v in graph.value_info if v.name not in produced]:
+        graph.value_info.remove(info)
+    return removed

@@ -29,13 +29,18 @@ class TorchStepModel:
         device, dtype = cross_kv[0][0].device, cross_kv[0][0].dtype
         self.cache = model.decoder.empty_cache(rows, device, dtype)  # [R, H, S, dh] per layer
         self.device = device
+        self._attention: Tensor | None = None  # [R, N] of the last step
 
     @torch.no_grad()
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
         ids = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)  # [R]
         step_t = torch.tensor(step, dtype=torch.int64, device=self.device)
-        logits, self.cache = self.model.decode_step(ids, step_t, self.cache, self.cross_kv)
+        logits, self.cache, self._attention = self.model.decode_step(ids, step_t, self.cache, self.cross_kv)
         return logits.float().cpu().numpy()  # [R, V]
+
+    def attention(self) -> np.ndarray | None:
+        """The last step's cross-attention, float32 [R, N] (the AttentionStepModel seam)."""
+        return None if self._attention is None else self._attention.float().cpu().numpy()
 
     def reorder(self, source: np.ndarray) -> None:
         idx = torch.from_numpy(np.ascontiguousarray(source, dtype=np.int64)).to(self.device)  # [R]

@@ -22,6 +22,7 @@ _EXPORTS = {
     "Retriever": "retriever", "Hit": "retriever", "index_pairs": "retriever", "IndexReport": "retriever",
     "caption_pairs": "pairs", "list_pairs": "pairs",
     "read_image": "images", "read_pair": "images",
+    "caption_heatmap": "heatmap", "render_heatmap": "heatmap",
 }
 __all__ = sorted(_EXPORTS)
 

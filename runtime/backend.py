@@ -13,6 +13,7 @@ Torch-free; ONNX Runtime and TensorRT are imported lazily.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +21,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from rsicrc.errors import DependencyError, DeviceError, ModelFolderError
-from rsicrc.runtime.contract import DECODER_STEP, INPUT_IDS, LOGITS, STEP, check_io, past_names, present_names
+from rsicrc.runtime.contract import (
+    CROSS_ATTENTION,
+    DECODER_STEP,
+    INPUT_IDS,
+    LOGITS,
+    STEP,
+    check_io,
+    past_names,
+    present_names,
+)
 from rsicrc.runtime.decoding import StepModel
 from rsicrc.runtime.manifest import Manifest
 from rsicrc.runtime.options import RuntimeOptions
@@ -32,6 +42,9 @@ CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
 # ONNX Runtime's type strings -> the contract's dtype names.
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
 _QUIET = 3  # ORT log severity "error": no provider-fallback warnings on stderr
+# Session config keys: save an optimized graph with its initializers in an external data file.
+SAVE_INITIALIZERS = "session.optimized_model_external_initializers_file_name"
+SAVE_INITIALIZERS_MIN_BYTES = "session.optimized_model_external_initializers_min_size_in_bytes"
 
 
 class Backend(Protocol):
@@ -139,23 +152,50 @@ class OrtBackend:
         return self.folder.graph_file(self.precision, graph)
 
     def _create(self, graph: str) -> Any:
-        """A new session for `graph`, its IO checked against the manifest contract."""
+        """A new session for `graph`, its IO checked against the manifest contract. On the CPU the
+        graph is optimized once and kept in the folder's cache; later loads read that optimized
+        form without optimizing again (bit-identical outputs; rsicrc.runtime.load_cache)."""
         ort = self._ort
         path = self.graph_path(graph)
-        options = session_options(ort, self.threads)
-        providers = [CUDA_EP, CPU_EP] if self.device == "cuda" else [CPU_EP]
+        source, options, staging = str(path), session_options(ort, self.threads), None
+        stem = self.folder.cache.optimized_name(self.manifest.graphs[self.precision][graph].sha256,
+                                                ort.__version__)
+        if self.device == "cpu":
+            optimized = self.folder.cache.optimized(stem)
+            if optimized is not None:
+                source = str(optimized)
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            else:
+                staging = self.folder.cache.staging()
+                if staging is not None:
+                    options.optimized_model_filepath = str(staging / f"{stem}.onnx")
+                    options.add_session_config_entry(SAVE_INITIALIZERS, f"{stem}.data")
+                    options.add_session_config_entry(SAVE_INITIALIZERS_MIN_BYTES, "1024")
         try:
-            # enable_fallback=0: ORT's own CPU fallback would print to stdout; we decide instead.
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
-                                           enable_fallback=0)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
-            reason = " ".join(str(e).split())[:200]
-            raise ModelFolderError(f"{path}: ONNX Runtime cannot load this graph ({reason})") from None
+            session = self._session(source, options)
+        except ModelFolderError:
+            if staging is None:
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # could not save: load as usual
+            staging = None
+            session = self._session(source, session_options(ort, self.threads))
+        if staging is not None:
+            self.folder.cache.publish(staging, stem)
         spec = self.manifest.contract.get(graph)
         if spec is None:
             raise ModelFolderError(f"{self.folder.path}: the manifest's graph contract has no {graph}")
         check_io(spec, str(path), io_signature(session.get_inputs()), io_signature(session.get_outputs()))
         return session
+
+    def _session(self, source: str, options: Any) -> Any:
+        providers = [CUDA_EP, CPU_EP] if self.device == "cuda" else [CPU_EP]
+        try:
+            # enable_fallback=0: ORT's own CPU fallback would print to stdout; we decide instead.
+            return self._ort.InferenceSession(source, sess_options=options, providers=providers,
+                                              enable_fallback=0)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+            reason = " ".join(str(e).split())[:200]
+            raise ModelFolderError(f"{source}: ONNX Runtime cannot load this graph ({reason})") from None
 
     def session(self, graph: str) -> Any:
         """The graph's session, created (and checked) on first use."""
@@ -183,7 +223,8 @@ class BoundDecoderStep:
     and output). `reorder` gathers on the host (one np.take per tensor) and writes back in
     place, since ORT offers no device-side gather outside a graph (on the CPU the gather
     writes straight into the numpy arrays the OrtValues share). Logits are written into a
-    host buffer. The captioner uses it on every device.
+    host buffer, and so is the cross-attention where the graph has it (format 2 on). The
+    captioner uses it on every device.
     """
 
     def __init__(self, ort: Any, session: Any, manifest: Manifest, cross: Mapping[str, np.ndarray],
@@ -211,6 +252,11 @@ class BoundDecoderStep:
         self._logits = np.zeros((rows, dims.vocab_size), np.float32)  # [R, V]
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits, "cpu", 0)
         self._io.bind_ortvalue_output(LOGITS, self._logits_value)
+        self._attention: np.ndarray | None = None  # [R, N], where the graph outputs it
+        if CROSS_ATTENTION in manifest.contract[DECODER_STEP].output_names():
+            self._attention = np.zeros((rows, dims.visual_tokens), np.float32)  # [R, N]
+            self._attention_value = ort.OrtValue.ortvalue_from_numpy(self._attention, "cpu", 0)
+            self._io.bind_ortvalue_output(CROSS_ATTENTION, self._attention_value)
         self._feed: list[np.ndarray] = []  # host inputs of the current step, kept alive
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
@@ -228,6 +274,10 @@ class BoundDecoderStep:
         self._io.synchronize_outputs()
         self._current = 1 - self._current
         return self._logits.copy()  # [R, V]
+
+    def attention(self) -> np.ndarray | None:
+        """The last step's cross-attention [R, N]; None for a graph without it (format 1)."""
+        return None if self._attention is None else self._attention.copy()
 
     def reorder(self, source: np.ndarray) -> None:
         index = np.ascontiguousarray(source, dtype=np.int64)  # [R]

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from rsicrc.errors import DataError
-from rsicrc.runtime.contract import DECODER_STEP, IMAGE_ENCODER, Dims
+from rsicrc.errors import DataError, ModelFolderError
+from rsicrc.runtime.contract import CROSS_ATTENTION, DECODER_STEP, IMAGE_ENCODER, Dims
 from rsicrc.runtime.decoding import DecodeResult, DecodingOptions
 from rsicrc.runtime.images import read_pair
 from rsicrc.runtime.manifest import Manifest
@@ -42,16 +42,22 @@ class CaptionResult:
     tokens: tuple[int, ...]  # its token ids, START and END excluded
     beams: tuple[tuple[str, float], ...]  # every finished beam (caption, score), best first
     timing_ms: dict[str, float]  # load, read, preprocess, encode, decode, total; per batch, shared
+    # float32 [len(tokens), N]: where the decoder looked (N visual tokens, row-major grid) while
+    # choosing each token; only with DecodingOptions(attention=True). Not part of equality.
+    attention: np.ndarray | None = field(default=None, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The `rsicrc caption --json` form."""
-        return {
+    def to_dict(self, attention: bool = False) -> dict[str, Any]:
+        """The `rsicrc caption --json` form; `attention` adds the per-token attention rows."""
+        out = {
             "caption": self.caption,
             "score": self.score,
             "tokens": list(self.tokens),
             "beams": [{"caption": c, "score": s} for c, s in self.beams],
             "timing_ms": dict(self.timing_ms),
         }
+        if attention and self.attention is not None:
+            out["attention"] = [[float(v) for v in row] for row in self.attention]  # [T][N]
+        return out
 
 
 def timed(timing: dict[str, float], key: str, fn: Callable[[], T]) -> T:
@@ -99,12 +105,28 @@ class Captioner:
     def dims(self) -> Dims:
         return self.model.dims
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether the decoder step outputs its cross-attention (model folders of format 2 on)."""
+        return CROSS_ATTENTION in self.manifest.contract[DECODER_STEP].output_names()
+
+    def require_attention(self) -> None:
+        """One clear error for a model folder exported before attention heatmaps existed."""
+        if not self.has_attention:
+            raise ModelFolderError(
+                f"{self.model.path} predates attention heatmaps (manifest format "
+                f"{self.manifest.format_version}: its decoder step has no {CROSS_ATTENTION} output); "
+                "re-export the model with `rsicrc export CKPT_DIR --out MODEL_DIR` to get heatmaps "
+                "and attention")
+
     def caption_preprocessed(self, before: np.ndarray, after: np.ndarray, options: DecodingOptions,
                              timing: dict[str, float] | None = None) -> list[CaptionResult]:
         """Caption preprocessed float32 [B, 3, S, S] tensors (the encoder graph's inputs)."""
         timing = {} if timing is None else timing
         if before.shape != after.shape:
             raise DataError(f"before and after batches differ in shape: {before.shape} vs {after.shape}")
+        if options.attention:
+            self.require_attention()
         if before.shape[0] == 0:
             return []
         encoded = timed(timing, "encode", lambda: self.graphs.encode(before, after))
@@ -123,6 +145,7 @@ class Captioner:
             tokens=tuple(int(t) for t in best.tokens),
             beams=tuple((vocab.decode(h.tokens), float(h.score)) for h in result.beams),
             timing_ms=timing,
+            attention=best.attention,
         )
 
     def caption_arrays(self, before: Sequence[np.ndarray], after: Sequence[np.ndarray],

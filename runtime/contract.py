@@ -22,6 +22,7 @@ BATCH, SEQ = "batch", "seq"  # the only dynamic dimensions
 BEFORE, AFTER, VISUAL_EMBEDDING = "before", "after", "visual_embedding"
 INPUT_IDS, ATTENTION_MASK, TEXT_EMBEDDING = "input_ids", "attention_mask", "text_embedding"
 STEP, LOGITS = "step", "logits"
+CROSS_ATTENTION = "cross_attention"  # decoder step: last multimodal layer, mean over heads (format 2 on)
 DTYPES = {"float32": np.float32, "int64": np.int64, "float16": np.float16}
 
 
@@ -99,12 +100,14 @@ def present_names(dims: Dims) -> list[tuple[str, str]]:
     return [(f"present_key_{i}", f"present_value_{i}") for i in range(dims.cache_layers)]
 
 
-def contract(dims: Dims) -> dict[str, GraphSpec]:
-    """The three graphs of DESIGN §6."""
+def contract(dims: Dims, attention: bool = True) -> dict[str, GraphSpec]:
+    """The three graphs of DESIGN §6. `attention`: the decoder step also outputs
+    `cross_attention` f32 [B, N] (model folders of format 2 on; False gives format 1's contract)."""
     s, c, h, dh = dims.image_size, dims.d_model, dims.num_heads, dims.head_dim
     image = (BATCH, 3, s, s)
     cross = (BATCH, h, dims.visual_tokens, dh)
     cache = (BATCH, h, dims.max_len, dh)
+    attention_out = [TensorSpec(CROSS_ATTENTION, "float32", (BATCH, dims.visual_tokens))] if attention else []
 
     def pairs(names: list[tuple[str, str]], shape: tuple[int | str, ...]) -> list[TensorSpec]:
         return [TensorSpec(n, "float32", shape) for kv in names for n in kv]
@@ -126,7 +129,8 @@ def contract(dims: Dims) -> dict[str, GraphSpec]:
             inputs=(TensorSpec(INPUT_IDS, "int64", (BATCH, 1)), TensorSpec(STEP, "int64", (1,)),
                     *pairs(past_names(dims), cache), *pairs(cross_names(dims), cross)),
             outputs=(TensorSpec(LOGITS, "float32", (BATCH, dims.vocab_size)),
-                     *pairs(present_names(dims), cache)),
+                     *pairs(present_names(dims), cache),
+                     *attention_out),
         ),
     }
 

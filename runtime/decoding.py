@@ -35,6 +35,12 @@ Precisely, at step t (the model is fed the token at position t; START at t = 0):
    skipped when `source` is the identity. Rows of done pairs keep their place and are fed END
    (ignored); slots without a live beam likewise. The loop ends when every pair is done.
 
+With `options.attention` the model must also be an `AttentionStepModel`: after each `logits`
+call the search reads the step's cross-attention [R, N] into a per-row history [R, T, N],
+gathered with the rows (one gather per step, like the token history), and every hypothesis
+carries the attention of its own tokens: row i is where the decoder looked while choosing
+token i (END excluded). Without the option the attention is never read.
+
 Greedy decoding is `beam_search` with K = 1 (see `greedy`): the argmax chain of the float32
 log-probs, ties to the lowest token id.
 """
@@ -42,7 +48,7 @@ log-probs, ties to the lowest token id.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -67,6 +73,16 @@ class StepModel(Protocol):
         ...
 
 
+class AttentionStepModel(StepModel, Protocol):
+    """A StepModel that can also say where it looked (read only with DecodingOptions.attention)."""
+
+    def attention(self) -> np.ndarray | None:
+        """float32 [R, N]: the cross-attention of the last `logits` call (last multimodal layer,
+        mean over heads; each row sums to 1), or None when this decoder gives none (a model
+        folder exported before attention)."""
+        ...
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """How to search. Invalid values raise ConfigError when the options are built."""
@@ -76,6 +92,7 @@ class DecodingOptions:
     length_penalty: float = 1.0  # alpha: finished score = sum log-prob / length ** alpha
     patience: float = 1.0  # a pair stops once max(1, round(K * patience)) hypotheses finished
     ignore_eos: bool = False  # benchmarks: never emit END, always generate exactly max_tokens
+    attention: bool = False  # keep each beam's cross-attention history (needs an AttentionStepModel)
 
     def __post_init__(self) -> None:
         positive_int(self.beam_size, "beam_size (1 = greedy)")
@@ -101,6 +118,9 @@ class Hypothesis:
     tokens: tuple[int, ...]  # generated ids, START excluded, END excluded
     score: float  # length-normalised score used for ranking: logprob / length ** alpha
     logprob: float  # sum of token log-probs (END included when it ended with END)
+    # float32 [len(tokens), N]: the cross-attention while choosing each token (DecodingOptions.attention);
+    # None without it. Not part of equality: hypotheses compare by tokens and scores.
+    attention: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,31 @@ def _step_logprobs(
     return logp
 
 
+def _attention_step(
+    model: StepModel, history: np.ndarray | None, rows: int, max_tokens: int, step: int
+) -> np.ndarray:
+    """Read the step's attention [R, N] into the history [R, T, N] (made at step 0)."""
+    read = getattr(model, "attention", None)
+    weights = read() if callable(read) else None
+    if weights is None:
+        raise ConfigError("this decoder gives no cross-attention; decode without attention "
+                          "(or use a model that outputs it)")
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 2 or weights.shape[0] != rows:
+        raise ValueError(
+            f"model.attention returned shape {weights.shape} at step {step}; expected [{rows}, N]"
+        )
+    if history is None:
+        history = np.zeros((rows, max_tokens, weights.shape[1]), dtype=np.float32)  # [R, T, N]
+    history[:, step] = weights
+    return history
+
+
+def _attention_of(history: np.ndarray | None, row: int, length: int) -> np.ndarray | None:
+    """A hypothesis' own attention rows [length, N] (a copy: the history keeps moving)."""
+    return None if history is None else history[row, :length].copy()
+
+
 def beam_search(
     model: StepModel,
     batch: int,
@@ -190,11 +235,14 @@ def beam_search(
     sums[:, 0] = 0.0  # step 0: only beam 0 is live, so the K copies of START never duplicate
     sums = sums.reshape(n_rows)  # [R]
     history = np.zeros((n_rows, max_tokens), dtype=np.int64)  # [R, T] tokens generated so far
+    attention: np.ndarray | None = None  # float32 [R, T, N] with options.attention
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = np.zeros(batch, dtype=bool)  # [B]
 
     for step in range(max_tokens):
         logp = _step_logprobs(model.logits(tokens, step), n_rows, end, options.ignore_eos, step)
+        if options.attention:  # row r's attention while choosing its token of this step
+            attention = _attention_step(model, attention, n_rows, max_tokens, step)
         vocab = logp.shape[1]
         live = np.isfinite(sums) & ~np.repeat(done, beams)  # [R]
         if np.isnan(logp[live]).any():
@@ -220,7 +268,8 @@ def beam_search(
                 if token == end:
                     if len(finished[b]) < needed:
                         prefix = tuple(history[row, :step].tolist())
-                        finished[b].append(Hypothesis(prefix, score / norm, score))
+                        finished[b].append(Hypothesis(prefix, score / norm, score,
+                                                      _attention_of(attention, row, step)))
                     continue
                 chosen.append((row, token, score))
                 if len(chosen) == beams:
@@ -230,7 +279,8 @@ def beam_search(
             elif last or not chosen:  # out of room, or (degenerate logits) nothing to extend
                 for row, token, score in chosen:
                     prefix = (*history[row, :step].tolist(), token)
-                    finished[b].append(Hypothesis(prefix, score / norm, score))
+                    finished[b].append(Hypothesis(prefix, score / norm, score,
+                                                  _attention_of(attention, row, length)))
                 done[b] = True
             else:
                 for slot, (row, token, score) in enumerate(chosen, start=base):
@@ -240,6 +290,8 @@ def beam_search(
         if not np.array_equal(source, identity):
             model.reorder(source)
             history = history[source]
+            if attention is not None:
+                attention = attention[source]  # [R, T, N], moved with the rows
         history[:, step] = next_tokens
         tokens, sums = next_tokens, next_sums
 

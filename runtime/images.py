@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rsicrc.checks import is_int
-from rsicrc.errors import DependencyError, ImageError
+from rsicrc.errors import DataError, DependencyError, ImageError
 
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})  # always read with rasterio
 STRETCH_PERCENTILES = (2.0, 98.0)  # lower/upper stretch limits, percent of valid pixels
@@ -48,7 +48,7 @@ class _Unidentified(Exception):
     """Pillow does not recognize the file (internal: triggers the rasterio fallback)."""
 
 
-def _fail(path: str, reason: object) -> ImageError:
+def image_error(path: str, reason: object) -> ImageError:
     """An ImageError whose message is one line naming the file."""
     text = " ".join(f"{path}: {reason}".split())
     if len(text) > _MAX_MESSAGE:
@@ -70,7 +70,7 @@ def parse_bands(text: str) -> tuple[int, ...]:
     return bands
 
 
-def _check_bands(bands: Sequence[int] | None, shown: str) -> tuple[int, ...] | None:
+def check_bands(bands: Sequence[int] | None, shown: str) -> tuple[int, ...] | None:
     if bands is None:
         return None
     out = tuple(bands)
@@ -78,33 +78,33 @@ def _check_bands(bands: Sequence[int] | None, shown: str) -> tuple[int, ...] | N
         is_int(b) and b >= 1 for b in out
     )
     if not ok:
-        raise _fail(shown, f"bands must name 1 or 3 band numbers counted from 1, got {out!r}")
+        raise image_error(shown, f"bands must name 1 or 3 band numbers counted from 1, got {out!r}")
     return tuple(int(b) for b in out)
 
 
-def _select(count: int, bands: tuple[int, ...] | None, shown: str) -> list[int]:
+def select_bands(count: int, bands: tuple[int, ...] | None, shown: str) -> list[int]:
     """0-based band indices to read: the first three by default, or 1 band for gray."""
     if bands is None:
         if count == 1:
             return [0]
         if count == 2:
-            raise _fail(shown, "unsupported band layout: 2 bands; pass --bands to choose three")
+            raise image_error(shown, "unsupported band layout: 2 bands; pass --bands to choose three")
         return [0, 1, 2]
     for b in bands:
         if b > count:
             word = "band" if count == 1 else "bands"
-            raise _fail(shown, f"band {b} is out of range: the image has {count} {word} "
+            raise image_error(shown, f"band {b} is out of range: the image has {count} {word} "
                                f"(valid: 1..{count})")
     return [b - 1 for b in bands]
 
 
-def _check_file(path: Path, shown: str) -> None:
+def check_file(path: Path, shown: str) -> None:
     if not path.exists():
-        raise _fail(shown, "image not found")
+        raise image_error(shown, "image not found")
     if path.is_dir():
-        raise _fail(shown, "is a directory, not an image file")
+        raise image_error(shown, "is a directory, not an image file")
     if path.stat().st_size == 0:
-        raise _fail(shown, "empty file (0 bytes), not an image")
+        raise image_error(shown, "empty file (0 bytes), not an image")
 
 
 def _png_header(path: Path) -> tuple[int, int, int] | None:
@@ -117,7 +117,7 @@ def _png_header(path: Path) -> tuple[int, int, int] | None:
     return width, height, depth
 
 
-def _import_rasterio(shown: str, required: bool = True) -> Any:
+def import_rasterio(shown: str, required: bool = True) -> Any:
     """rasterio, imported lazily (it is slow to import); None if missing and not required."""
     try:
         import rasterio
@@ -132,7 +132,7 @@ def _import_rasterio(shown: str, required: bool = True) -> Any:
     return rasterio
 
 
-def _rasterio_errors(rio: Any) -> tuple[type[BaseException], ...]:
+def rasterio_errors(rio: Any) -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [rio.errors.RasterioError]
     try:  # GDAL errors that rasterio does not wrap; private module, so optional
         from rasterio._err import CPLE_BaseError
@@ -143,7 +143,7 @@ def _rasterio_errors(rio: Any) -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _gdal_reason(error: BaseException, path: Path) -> str:
+def gdal_reason(error: BaseException, path: Path) -> str:
     """GDAL's own words for a failure, without the path (the message already starts with it)."""
     cause = error.__cause__ if error.__cause__ is not None else error
     text = str(cause)
@@ -154,31 +154,31 @@ def _gdal_reason(error: BaseException, path: Path) -> str:
 
 def _read_rasterio(path: Path, shown: str, bands: tuple[int, ...] | None,
                    fallback: bool = False) -> _Raw:
-    rio = _import_rasterio(shown)
-    errors = _rasterio_errors(rio)
+    rio = import_rasterio(shown)
+    errors = rasterio_errors(rio)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
         try:
             ds = rio.open(path)
         except errors as e:
             if fallback:
-                raise _fail(shown, "not a readable image (neither Pillow nor GDAL recognizes "
+                raise image_error(shown, "not a readable image (neither Pillow nor GDAL recognizes "
                                    "the format)") from None
-            raise _fail(shown, f"not a readable image ({_gdal_reason(e, path)})") from None
+            raise image_error(shown, f"not a readable image ({gdal_reason(e, path)})") from None
         with ds:
             if ds.width == 0 or ds.height == 0 or ds.count == 0:
-                raise _fail(shown, f"image has zero size ({ds.width}x{ds.height} pixels, "
+                raise image_error(shown, f"image has zero size ({ds.width}x{ds.height} pixels, "
                                    f"{ds.count} bands)")
-            indexes = [i + 1 for i in _select(ds.count, bands, shown)]
+            indexes = [i + 1 for i in select_bands(ds.count, bands, shown)]
             for dtype in {ds.dtypes[i - 1] for i in indexes}:
                 if dtype not in SUPPORTED_DTYPES:
-                    raise _fail(shown, f"unsupported data type {dtype} "
+                    raise image_error(shown, f"unsupported data type {dtype} "
                                        f"(supported: {', '.join(SUPPORTED_DTYPES)})")
             try:
                 data = ds.read(indexes)  # [k, H, W]
                 masks = ds.read_masks(indexes)  # 0 where GDAL says nodata
             except errors as e:
-                raise _fail(shown, f"corrupted or truncated image ({_gdal_reason(e, path)})"
+                raise image_error(shown, f"corrupted or truncated image ({gdal_reason(e, path)})"
                             ) from None
     valid = np.all(masks != 0, axis=0)
     if data.dtype.kind == "f":
@@ -208,39 +208,39 @@ def _read_pillow(path: Path, shown: str, bands: tuple[int, ...] | None) -> _Raw:
     try:
         with Image.open(path) as img:
             if img.width == 0 or img.height == 0:
-                raise _fail(shown, f"image has zero size ({img.width}x{img.height} pixels)")
+                raise image_error(shown, f"image has zero size ({img.width}x{img.height} pixels)")
             img.load()
             array = _pillow_array(img, bands)
     except UnidentifiedImageError:
         raise _Unidentified() from None
     except Image.DecompressionBombError as e:
-        raise _fail(shown, f"image is too large to open safely ({e})") from None
+        raise image_error(shown, f"image is too large to open safely ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise _fail(shown, f"corrupted or truncated image ({e})") from None
-    data = array[..., _select(array.shape[2], bands, shown)]
+        raise image_error(shown, f"corrupted or truncated image ({e})") from None
+    data = array[..., select_bands(array.shape[2], bands, shown)]
     return _Raw(data, np.ones(data.shape[:2], dtype=bool), shown)
 
 
 def _load_raw(path: str | Path, bands: Sequence[int] | None) -> _Raw:
     shown = str(path)
-    wanted = _check_bands(bands, shown)
+    wanted = check_bands(bands, shown)
     p = Path(path)
-    _check_file(p, shown)
+    check_file(p, shown)
     if p.suffix.lower() in TIFF_SUFFIXES:
         return _read_rasterio(p, shown, wanted)
     try:
         png = _png_header(p)
     except OSError as e:
-        raise _fail(shown, f"cannot read file ({e.strerror or e})") from None
+        raise image_error(shown, f"cannot read file ({e.strerror or e})") from None
     if png is not None and (png[0] == 0 or png[1] == 0):
-        raise _fail(shown, f"image has zero size ({png[0]}x{png[1]} pixels)")
-    if png is not None and png[2] == 16 and _import_rasterio(shown, required=False):
+        raise image_error(shown, f"image has zero size ({png[0]}x{png[1]} pixels)")
+    if png is not None and png[2] == 16 and import_rasterio(shown, required=False):
         return _read_rasterio(p, shown, wanted)  # Pillow would drop 16-bit RGB to 8 bits
     try:
         return _read_pillow(p, shown, wanted)
     except _Unidentified:
-        if _import_rasterio(shown, required=False) is None:
-            raise _fail(shown, "not a readable image (Pillow does not recognize the format)"
+        if import_rasterio(shown, required=False) is None:
+            raise image_error(shown, "not a readable image (Pillow does not recognize the format)"
                         ) from None
     return _read_rasterio(p, shown, wanted, fallback=True)
 
@@ -262,28 +262,60 @@ def _stretch(band: np.ndarray, valid: np.ndarray, lo: float, hi: float) -> np.nd
     return y.astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class Stretch:
+    """How selected bands become 8 bits: per-band limits shared by every image they were fitted on."""
+
+    limits: tuple[tuple[float, float], ...] | None  # (lo, hi) per band; None: 8-bit data, copied as is
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (recorded in outputs so a reader knows how pixels were scaled)."""
+        return {"percentiles": list(STRETCH_PERCENTILES) if self.limits is not None else None,
+                "limits": [list(pair) for pair in self.limits] if self.limits is not None else None}
+
+
+def joint_stretch(data: Sequence[np.ndarray], valid: Sequence[np.ndarray]) -> Stretch:
+    """Limits fitted jointly over images of one dtype and band count ([H, W, k] each, with their
+    [H, W] validity): 8-bit data is never stretched, anything else between the 2nd and 98th
+    percentile of all valid pixels of each band. At least one pixel must be valid."""
+    if data[0].dtype == np.uint8:
+        return Stretch(None)
+    limits = []
+    for b in range(data[0].shape[2]):
+        values = np.concatenate([d[..., b][v] for d, v in zip(data, valid, strict=True)])  # [n]
+        if values.size == 0:
+            raise DataError("every pixel is nodata; there is nothing to stretch")
+        limits.append(_limits(values))
+    return Stretch(tuple(limits))
+
+
+def apply_stretch(data: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.ndarray:
+    """[H, W, k] bands (k in 1, 3) and their [H, W] validity -> uint8 [H, W, 3]; nodata gives 0."""
+    out = np.zeros(data.shape, dtype=np.uint8)  # [H, W, k]
+    for b in range(data.shape[2]):
+        if stretch.limits is None:
+            out[..., b] = np.where(valid, data[..., b], 0)
+        else:
+            lo, hi = stretch.limits[b]
+            out[..., b] = _stretch(data[..., b], valid, lo, hi)
+    return np.ascontiguousarray(np.repeat(out, 3, axis=2)) if out.shape[2] == 1 else out
+
+
 def _to_uint8(raws: Sequence[_Raw]) -> list[np.ndarray]:
     """8-bit RGB for each image; images of one dtype and band count share stretch limits."""
     for raw in raws:
         if not raw.valid.any():
-            raise _fail(raw.path, "every pixel is nodata; there is nothing to read")
-    outs = [np.zeros(r.data.shape, dtype=np.uint8) for r in raws]
+            raise image_error(raw.path, "every pixel is nodata; there is nothing to read")
+    outs: list[np.ndarray] = [np.empty(0, np.uint8)] * len(raws)
     groups: dict[tuple[str, int, int], list[int]] = {}
     for i, raw in enumerate(raws):
         key = (raw.data.dtype.kind, raw.data.dtype.itemsize, raw.data.shape[2])
         groups.setdefault(key, []).append(i)
-    for (kind, itemsize, nbands), members in groups.items():
-        for b in range(nbands):
-            if (kind, itemsize) == ("u", 1):  # 8-bit data is never stretched
-                for i in members:
-                    outs[i][..., b] = np.where(raws[i].valid, raws[i].data[..., b], 0)
-                continue
-            values = np.concatenate([raws[i].data[..., b][raws[i].valid] for i in members])
-            lo, hi = _limits(values)
-            for i in members:
-                outs[i][..., b] = _stretch(raws[i].data[..., b], raws[i].valid, lo, hi)
-    return [np.ascontiguousarray(np.repeat(o, 3, axis=2)) if o.shape[2] == 1 else o
-            for o in outs]
+    for members in groups.values():
+        stretch = joint_stretch([raws[i].data for i in members], [raws[i].valid for i in members])
+        for i in members:
+            outs[i] = apply_stretch(raws[i].data, raws[i].valid, stretch)
+    return outs
 
 
 def read_image(path: str | Path, bands: Sequence[int] | None = None) -> np.ndarray:

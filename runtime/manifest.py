@@ -1,7 +1,7 @@
 """The exported model folder's manifest: what the graphs are, how to feed them, and proof they
 are the files that were validated at export (DESIGN §6). Torch-free.
 
-    MODEL_DIR/manifest.json       this record (format_version 1)
+    MODEL_DIR/manifest.json       this record (format_version 2; version 1 is still read)
     MODEL_DIR/<graph>.onnx        one file per graph and precision, listed with its sha256
 
 Reading is strict: unknown or missing keys, a contract that disagrees with the recorded dims,
@@ -25,7 +25,11 @@ from rsicrc.runtime.contract import GRAPHS, Dims, GraphSpec, contract, contract_
 from rsicrc.runtime.preprocess import PreprocessSpec
 from rsicrc.vocab import END, PAD, START, UNK, Vocabulary
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 2 added the decoder step's `cross_attention` output (attention heatmaps). Format 1 folders
+# are read and caption as before; their contract is the one without that output.
+READ_VERSIONS: tuple[int, ...] = (1, 2)
+ATTENTION_SINCE = 2
 SPECIAL_IDS: dict[str, int] = {"pad": PAD, "start": START, "unk": UNK, "end": END}
 PRECISIONS: tuple[str, ...] = ("fp32", "int8", "fp16")
 
@@ -143,9 +147,10 @@ class Manifest:
         if not isinstance(d, Mapping):
             raise ModelFolderError(f"{where}: expected a JSON object")
         version = d.get("format_version")
-        if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
             raise ModelFolderError(f"{where}: unsupported format_version {version!r}; this rsicrc reads "
-                                   f"version {FORMAT_VERSION}; re-export the model with this version")
+                                   f"versions {', '.join(map(str, READ_VERSIONS))}; re-export the model "
+                                   "with this version")
         _keys(d, [f.name for f in fields(cls)], where, optional=("int8", "engines"))
         try:
             manifest = cls(
@@ -180,7 +185,7 @@ class Manifest:
         except RsicrcError as e:
             raise ModelFolderError(f"{where}: {e}") from None
         problems = []
-        if self.contract != contract(self.dims):
+        if self.contract != contract(self.dims, attention=self.format_version >= ATTENTION_SINCE):
             problems.append("the graph contract does not match its dims")
         if len(vocab) != self.dims.vocab_size:
             problems.append(f"{len(vocab)} vocabulary words but dims.vocab_size {self.dims.vocab_size}")

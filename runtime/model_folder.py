@@ -6,7 +6,9 @@ against the manifest's sha256 when (and only when) a job opens them. Torch-free.
 
 Captioning opens the image encoder and the decoder step, indexing the image encoder, search the
 text encoder: a graph nobody runs is neither hashed nor loaded (the paper model's decoder step is
-441 MB). `rsicrc verify` and `load_manifest(verify=True)` still hash every listed file.
+441 MB). A graph is hashed once per process, and not at all while it is the file a previous load
+verified (`rsicrc.runtime.load_cache`); `rsicrc verify` and `load_manifest(verify=True)` hash every
+listed file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING
 from rsicrc.errors import ModelFolderError
 from rsicrc.files import CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS, MANIFEST_FILE
 from rsicrc.runtime.contract import GRAPHS, Dims
-from rsicrc.runtime.manifest import Manifest, default_model_dir, load_manifest, sha256_file
+from rsicrc.runtime.load_cache import FolderCache
+from rsicrc.runtime.manifest import ENGINE_DIR, Manifest, default_model_dir, load_manifest, sha256_file
 from rsicrc.runtime.options import RuntimeOptions
 from rsicrc.runtime.preprocess import PreprocessSpec
 from rsicrc.vocab import Vocabulary
@@ -57,6 +60,24 @@ def folder_kind(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class FileCheck:
+    """One listed file hashed by `ModelFolder.verify_all`."""
+
+    what: str  # "fp32 image_encoder", "engine fp16 decoder_step", ...
+    path: str  # the file
+    expected: str  # sha256 in the manifest
+    actual: str | None  # sha256 of the file now (None: missing)
+
+    @property
+    def ok(self) -> bool:
+        return self.actual == self.expected
+
+    def to_dict(self) -> dict[str, object]:
+        return {"what": self.what, "path": self.path, "ok": self.ok, "expected": self.expected,
+                "actual": self.actual}
+
+
+@dataclass(frozen=True)
 class ModelFolder:
     """A model folder and its parsed manifest (every listed file present; hashes checked lazily)."""
 
@@ -64,6 +85,11 @@ class ModelFolder:
     manifest: Manifest  # its manifest.json, strictly parsed and consistent
     # (precision, graph) pairs whose file matched its sha256 in this process: hashed once each
     _verified: set[tuple[str, str]] = field(default_factory=set, compare=False, repr=False)
+
+    @cached_property
+    def cache(self) -> FolderCache:
+        """Verified-file records and optimized graphs kept between processes (load_cache)."""
+        return FolderCache(self.path)
 
     @classmethod
     def open(cls, path: Path | None = None) -> ModelFolder:
@@ -108,17 +134,35 @@ class ModelFolder:
         return replace(options, precision=self.precision(options.precision))
 
     def graph_file(self, precision: str, graph: str) -> Path:
-        """The graph's file, its sha256 checked against the manifest (once per process)."""
+        """The graph's file, its sha256 checked against the manifest: once per process, and not
+        at all while the file is the one a previous load verified (same identity, load_cache)."""
         files = self.manifest.graphs.get(precision, {})
         if graph not in GRAPHS or graph not in files:
             raise ModelFolderError(f"{self.path}: the manifest lists no {precision} {graph} graph")
-        path = self.path / files[graph].file
+        path, digest = self.path / files[graph].file, files[graph].sha256
         if (precision, graph) not in self._verified:
-            if sha256_file(path) != files[graph].sha256:
-                raise ModelFolderError(f"{path}: sha256 differs from the manifest (file changed after "
-                                       "export); re-export the model")
+            if not self.cache.is_verified(path, digest):
+                if sha256_file(path) != digest:
+                    raise ModelFolderError(f"{path}: sha256 differs from the manifest (file changed after "
+                                           "export); re-export the model")
+                self.cache.mark_verified(path, digest)
             self._verified.add((precision, graph))
         return path
+
+    def verify_all(self) -> list[FileCheck]:
+        """Hash every file the manifest lists (every precision's graphs and the TensorRT engines),
+        whatever the cache says; files that match are recorded as verified (`rsicrc verify`)."""
+        listed = [(f"{p} {g}", self.path / f.file, f.sha256) for p, files in self.manifest.graphs.items()
+                  for g, f in files.items()]
+        listed += [(f"engine {e.precision} {e.graph}", self.path / ENGINE_DIR / e.file, e.sha256)
+                   for e in self.manifest.engines]
+        checks = []
+        for what, path, digest in listed:
+            actual = sha256_file(path) if path.is_file() else None
+            if actual == digest:
+                self.cache.mark_verified(path, digest)
+            checks.append(FileCheck(what, str(path), digest, actual))
+        return checks
 
     def backend(self, options: RuntimeOptions, graphs: Sequence[str] = ()) -> Backend:
         """A backend for these options with `graphs` opened (hashed, loaded, checked against the

@@ -23,6 +23,7 @@ import numpy as np
 from rsicrc.runtime.contract import (
     AFTER,
     BEFORE,
+    CROSS_ATTENTION,
     DECODER_STEP,
     IMAGE_ENCODER,
     INPUT_IDS,
@@ -128,6 +129,7 @@ class HostStepModel:
         past = [n for kv in past_names(dims) for n in kv]
         self.past = {name: np.zeros(shape, np.float32) for name in past}
         self.next_name = dict(zip([n for kv in present_names(dims) for n in kv], past, strict=True))
+        self._attention: np.ndarray | None = None  # [R, N] of the last step, where the graph gives it
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
         feed = {
@@ -138,7 +140,12 @@ class HostStepModel:
         }
         out = self._run(DECODER_STEP, feed)
         self.past = {past: out[present] for present, past in self.next_name.items()}
+        self._attention = out.get(CROSS_ATTENTION)
         return out[LOGITS]  # [R, V]
+
+    def attention(self) -> np.ndarray | None:
+        """The last step's cross-attention [R, N]; None for a graph without it (format 1)."""
+        return self._attention
 
     def reorder(self, source: np.ndarray) -> None:
         index = np.ascontiguousarray(source, dtype=np.int64)  # [R]

@@ -28,6 +28,7 @@ import numpy as np
 
 from rsicrc.errors import ConfigError, DeviceError, ModelFolderError
 from rsicrc.runtime.contract import (
+    CROSS_ATTENTION,
     DECODER_STEP,
     DTYPES,
     GRAPHS,
@@ -180,7 +181,8 @@ class TrtDecoderStep:
     """The decoder-step engine as a StepModel; the self-attention caches never leave the GPU.
 
     It has an execution context of its own: shapes and the constant addresses (ids, step, cross
-    K/V, logits) are bound once; each step only points past_*/present_* at the two cache sets.
+    K/V, logits, cross_attention where the engine has it) are bound once; each step only points
+    past_*/present_* at the two cache sets. The attention is copied to the host only when read.
     """
 
     def __init__(self, engine: TrtEngine, manifest: Manifest, cross: Mapping[str, np.ndarray]) -> None:
@@ -216,6 +218,11 @@ class TrtDecoderStep:
         self._logits = np.zeros((self.rows, dims.vocab_size), np.float32)  # [R, V]
         self._logits_buffer = DeviceBuffer(cuda, self._logits.nbytes)
         context.set_tensor_address(LOGITS, self._logits_buffer.ptr)
+        self._attention: np.ndarray | None = None  # [R, N] host copy, where the engine has the output
+        if CROSS_ATTENTION in engine.spec.output_names():
+            self._attention = np.zeros((self.rows, dims.visual_tokens), np.float32)
+            self._attention_buffer = DeviceBuffer(cuda, self._attention.nbytes)
+            context.set_tensor_address(CROSS_ATTENTION, self._attention_buffer.ptr)
         cuda.synchronize()
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
@@ -233,6 +240,15 @@ class TrtDecoderStep:
         self._cuda.synchronize()
         self._current = 1 - self._current
         return self._logits.copy()  # [R, V]
+
+    def attention(self) -> np.ndarray | None:
+        """The last step's cross-attention [R, N] (copied from the GPU now); None for an engine
+        built from a graph without it (format 1)."""
+        if self._attention is None:
+            return None
+        self._cuda.to_host(self._attention, self._attention_buffer)
+        self._cuda.synchronize()
+        return self._attention.copy()
 
     def reorder(self, source: np.ndarray) -> None:
         """Gather rows into the idle set with device copies, then make it the current one."""

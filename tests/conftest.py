@@ -156,3 +156,34 @@ def assert_one_line_error(result, *expected: str) -> str:
     for text in expected:
         assert text in err, err
     return err
+
+
+def format1_copy(model_dir: Path, dest: Path) -> Path:
+    """A copy of an exported model folder as format 1 wrote it (before attention heatmaps): the
+    decoder step without its `cross_attention` output (and the nodes only it needed), the
+    manifest at format_version 1 with that contract and the decoder step's new sha256."""
+    import shutil
+
+    import onnx
+
+    from rsicrc.export.onnx_export import drop_output
+    from rsicrc.runtime.contract import CROSS_ATTENTION, DECODER_STEP, contract
+    from rsicrc.runtime.manifest import load_manifest, sha256_file, write_manifest
+
+    shutil.copytree(model_dir, dest)
+    manifest = load_manifest(dest)
+    path = dest / manifest.graphs["fp32"][DECODER_STEP].file
+    proto = onnx.load(str(path))
+    assert drop_output(proto, CROSS_ATTENTION) >= 1
+    onnx.save(proto, str(path))
+    entry = dataclasses.replace(manifest.graphs["fp32"][DECODER_STEP], sha256=sha256_file(path))
+    graphs = {**manifest.graphs, "fp32": {**manifest.graphs["fp32"], DECODER_STEP: entry}}
+    write_manifest(dest, dataclasses.replace(manifest, format_version=1, graphs=graphs,
+                                             contract=contract(manifest.dims, attention=False)))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def format1_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model folder as a format-1 export (its decoder step has no cross_attention)."""
+    return format1_copy(tiny_model, tmp_path_factory.mktemp("format1") / "model")

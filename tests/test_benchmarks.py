@@ -21,14 +21,14 @@ REQUIRED = ("name", "config", "backend", "precision", "batch", "beam", "median_m
 
 def test_scripts_import_without_heavy_libraries() -> None:
     code = ("import sys\n"
-            "import benchmarks.captioning, benchmarks.contenders, benchmarks.machine, benchmarks.profile, "
-            "benchmarks.quality, benchmarks.run\n"
+            "import benchmarks.captioning, benchmarks.contenders, benchmarks.load, benchmarks.machine, "
+            "benchmarks.profile, benchmarks.quality, benchmarks.run, benchmarks.attention_cost\n"
             "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'open_clip') if m in sys.modules]\n"
             "print(','.join(heavy))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"imported at import time: {proc.stdout.strip()}"
-    for module in ("captioning", "machine", "quality", "run"):
+    for module in ("captioning", "machine", "quality", "run", "attention_cost"):
         assert callable(importlib.import_module(f"benchmarks.{module}").main)
 
 
@@ -149,3 +149,29 @@ def test_original_encoder_equals_the_batched_encoder() -> None:
         tokens, _ = model.encoder(before, after)
         want = original_encoder(model.encoder, before, after)
     torch.testing.assert_close(tokens, want, rtol=1e-5, atol=1e-5)
+
+
+def test_load_records(tiny_model: Path, tmp_path: Path) -> None:
+    """benchmarks.load: a cold record (cache removed first, then built) and a warm one, from real
+    `rsicrc caption` processes."""
+    from benchmarks.load import measure
+    from rsicrc.runtime.load_cache import CACHE_NAME
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    cold, warm = measure(model, "fp32", threads=1, repeats=2, config="tiny")
+    assert (cold["name"], warm["name"]) == ("load/tiny/fp32/cold", "load/tiny/fp32/warm")
+    assert cold["runs"] == 1 and warm["runs"] == 2 and len(warm["runs_load_ms"]) == 2
+    for r in (cold, warm):
+        assert r["load_ms"] > 0 and r["encode_ms"] > 0 and r["decode_ms"] > 0 and r["load_over_compute"] > 0
+    assert warm["cache_mb"] > 0 and len(list((model / CACHE_NAME).glob("*.onnx"))) == 2
+
+
+def test_attention_cost_runs_both_variants(tiny_model: Path) -> None:
+    """The with/without cross_attention measurement on the tiny model: both graphs run through the
+    runtime's bound step (the pruned one as a format-1 graph), per-step medians recorded."""
+    from benchmarks.attention_cost import measure
+
+    (record,) = measure(tiny_model, [2], rounds=2, threads=1)
+    assert record["rows"] == 2 and record["steps_each"] == 2 * 20
+    assert record["median_ms_with"] > 0 and record["median_ms_without"] > 0
+    assert record["ratio"] == record["median_ms_with"] / record["median_ms_without"]

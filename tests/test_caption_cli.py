@@ -216,3 +216,58 @@ def test_last_release_spellings_still_work(images: dict[str, Path], model_dir: P
     assert "--pairs is deprecated" in synth.stderr and "use --count" in synth.stderr
     assert len(json.loads((tmp_path / "data" / "LevirCCcaptions.json").read_text())["images"]) == 10
     assert_one_line_error(_invoke("synth", "--out", tmp_path / "none"), "--count")
+
+
+def test_heatmap_png_and_attention_json(model_dir: Path, images: dict[str, Path]) -> None:
+    """--heatmap writes the figure of the caption's attention (before | after | sum | one panel per
+    word); --json --attention adds the per-token rows it was drawn from."""
+    from rsicrc.runtime.heatmap import caption_words, render_heatmap
+    from rsicrc.runtime.images import read_pair
+    from rsicrc.runtime.manifest import load_manifest
+    from rsicrc.vocab import PAD, START
+
+    png = images["dir"] / "heat.png"
+    result = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--device", "cpu",
+                     "--heatmap", png, "--json", "--attention")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == f"wrote the heatmap to {png}"
+    doc = json.loads(result.stdout)
+    manifest = load_manifest(model_dir)
+    attention = np.array(doc["attention"], dtype=np.float32)  # [T, N]
+    assert attention.shape == (len(doc["tokens"]), manifest.dims.visual_tokens) and len(doc["tokens"]) >= 2
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+    shown = caption_words(doc["tokens"], manifest.vocab, (PAD, START))  # the words the caption prints
+    words = [w for _, w in shown]
+    assert " ".join(words) == doc["caption"]
+    figure = render_heatmap(*read_pair(images["before"], images["after"]), words,
+                            attention[[i for i, _ in shown]], doc["caption"])
+    assert [p.kind for p in figure.panels] == ["before", "after", "sum"] + ["word"] * len(words)
+    np.testing.assert_array_equal(np.asarray(Image.open(png).convert("RGB")), figure.image)
+    # without --attention the JSON stays as it was; the caption is the same with or without a heatmap
+    plain = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--json")
+    assert "attention" not in json.loads(plain.stdout) and json.loads(plain.stdout)["tokens"] == doc["tokens"]
+    text = _invoke("caption", images["before"], images["after"], "--model", model_dir, "--heatmap", png)
+    assert text.exit_code == 0 and text.stdout.strip() == doc["caption"]
+    assert sorted(p.name for p in images["dir"].iterdir() if p.suffix in (".png", ".tmp")) == ["heat.png"]
+
+
+def test_heatmap_usage_errors(model_dir: Path, format1_model: Path, images: dict[str, Path]) -> None:
+    """Bad --heatmap/--attention use and a format-1 model folder: one error line, no file."""
+    b, a = images["before"], images["after"]
+    out = images["dir"] / "heat.png"
+    cases = [
+        (("--heatmap", images["dir"] / "heat.jpg"), "ending in .png"),
+        (("--heatmap", images["dir"] / "nowhere" / "heat.png"), "does not exist"),
+        (("--attention",), "add --json"),
+    ]
+    for extra, message in cases:
+        assert_one_line_error(_invoke("caption", b, a, "--model", model_dir, *extra), message)
+    assert_one_line_error(_invoke("caption", "--pairs", images["dir"], "--out", images["dir"] / "x.jsonl",
+                                   "--model", model_dir, "--heatmap", out), "for one pair")
+    for extra in (("--heatmap", out), ("--json", "--attention")):
+        err = assert_one_line_error(_invoke("caption", b, a, "--model", format1_model, *extra),
+                                    "predates attention heatmaps", "re-export")
+        assert str(format1_model) in err
+    assert [p.name for p in images["dir"].iterdir() if p.is_file()] == []  # no figure, no temporary file
+    ok = _invoke("caption", b, a, "--model", format1_model)  # the old folder still captions
+    assert ok.exit_code == 0 and ok.stdout.strip()

@@ -364,3 +364,90 @@ def test_invalid_call() -> None:
         beam_search(ConstantModel(1, 5), 0, DecodingOptions())
     with pytest.raises(ConfigError, match="end id"):
         beam_search(ConstantModel(1, 3), 1, DecodingOptions(beam_size=1))
+
+
+# --- attention history (DecodingOptions.attention) ------------------------------------------------
+
+TOKENS_N = 5  # the toy's "visual tokens"
+
+
+@functools.cache
+def toy_attention(seed: int, prefix: tuple[int, ...]) -> np.ndarray:
+    """float32 [N] weights (summing to 1) of a row whose fed prefix is `prefix` (START first)."""
+    rng = np.random.default_rng([seed, 99, len(prefix), *prefix])
+    x = np.exp(rng.normal(size=TOKENS_N) * 2.0)
+    return (x / x.sum()).astype(np.float32)
+
+
+class AttentionToyModel(ToyModel):
+    """ToyModel that also says where each row looked: a function of the row's whole prefix, so
+    attention kept for the wrong row (a missing or wrong reorder of the history) is noticed."""
+
+    def __init__(self, pairs: list[tuple[int, float]], beams: int, vocab: int) -> None:
+        super().__init__(pairs, beams, vocab)
+        self.reads = 0
+        self._last: np.ndarray | None = None
+
+    def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
+        out = super().logits(tokens, step)
+        self._last = np.stack([toy_attention(self.pairs[r // self.beams][0], tuple(p))
+                               for r, p in enumerate(self.prefixes)])  # [R, N]
+        return out
+
+    def attention(self) -> np.ndarray | None:
+        self.reads += 1
+        return self._last
+
+
+@pytest.mark.parametrize(("beams", "ignore_eos"), [(1, False), (3, False), (3, True)])
+def test_attention_history_follows_the_beams(beams: int, ignore_eos: bool) -> None:
+    vocab, max_tokens = 8, 9
+    pairs = [(s, -2.0) for s in range(700, 712)]
+    options = DecodingOptions(beam_size=beams, max_tokens=max_tokens, ignore_eos=ignore_eos, attention=True)
+    model = AttentionToyModel(pairs, beams, vocab)
+    results = beam_search(model, len(pairs), options)
+    plain, _ = decode(pairs, vocab, replace(options, attention=False))
+    assert results == plain  # same tokens and scores: attention only rides along
+    if beams > 1:
+        assert model.reorders
+    lengths = set()
+    for (seed, _), result in zip(pairs, results, strict=True):
+        for hyp in result.beams:
+            assert hyp.attention is not None and hyp.attention.dtype == np.float32
+            assert hyp.attention.shape == (len(hyp.tokens), TOKENS_N)
+            # row i: where the row looked while choosing token i, i.e. after being fed START, tokens[:i]
+            want = [toy_attention(seed, (START, *hyp.tokens[:i])) for i in range(len(hyp.tokens))]
+            np.testing.assert_array_equal(hyp.attention, np.array(want).reshape(-1, TOKENS_N))
+            np.testing.assert_allclose(hyp.attention.sum(axis=1), 1.0, atol=1e-6)
+            lengths.add(len(hyp.tokens))
+    assert len(lengths) > 1 or ignore_eos
+    assert all(h.attention is None for r in plain for h in r.beams)
+
+
+def test_attention_is_read_only_when_asked() -> None:
+    pairs = [(800, -2.0), (801, -2.0)]
+    model = AttentionToyModel(pairs, 2, 6)
+    results = beam_search(model, 2, DecodingOptions(beam_size=2, max_tokens=6))
+    assert model.reads == 0 and all(h.attention is None for r in results for h in r.beams)
+    model = AttentionToyModel(pairs, 2, 6)
+    beam_search(model, 2, DecodingOptions(beam_size=2, max_tokens=6, attention=True))
+    assert model.reads == model.calls > 0  # once per step
+
+
+class NoAttentionModel(AttentionToyModel):
+    def attention(self) -> np.ndarray | None:
+        return None
+
+
+class BadAttentionModel(AttentionToyModel):
+    def attention(self) -> np.ndarray | None:
+        return np.zeros((1, TOKENS_N), np.float32)  # one row for every row
+
+
+def test_attention_needs_a_model_that_gives_it() -> None:
+    options = DecodingOptions(beam_size=2, max_tokens=4, attention=True)
+    for model in (ToyModel([(1, 0.0)], 2, 5), NoAttentionModel([(1, 0.0)], 2, 5)):
+        with pytest.raises(ConfigError, match="gives no cross-attention"):
+            beam_search(model, 1, options)
+    with pytest.raises(ValueError, match=r"attention returned shape \(1, 5\) at step 0; expected \[2, N\]"):
+        beam_search(BadAttentionModel([(1, 0.0)], 2, 5), 1, options)

@@ -32,6 +32,7 @@ from rsicrc.levircc import ANNOTATION_FILE
 from rsicrc.model import RSICRC
 from rsicrc.runtime.compare import GraphInputs, compare_graphs
 from rsicrc.runtime.contract import (
+    CROSS_ATTENTION,
     DECODER_STEP,
     GRAPHS,
     IMAGE_ENCODER,
@@ -39,6 +40,7 @@ from rsicrc.runtime.contract import (
     TEXT_ENCODER,
     Dims,
     GraphSpec,
+    TensorSpec,
     check_io,
     contract,
 )
@@ -138,6 +140,8 @@ def test_export_matches_pytorch(exported: Exported) -> None:
 
 
 def test_graph_files_satisfy_the_contract(exported: Exported) -> None:
+    assert exported.graphs[DECODER_STEP].outputs[-1] == TensorSpec(
+        CROSS_ATTENTION, "float32", ("batch", exported.dims.visual_tokens))  # format 2
     for name in GRAPHS:
         file = exported.report.out / exported.graphs[name].file
         inputs, outputs = session_io(open_session(file))
@@ -190,11 +194,16 @@ class OrtStepModel:
         rows = cross[0].shape[0] * beams
         shape = (rows, ex.dims.num_heads, ex.dims.max_len, ex.dims.head_dim)
         self.cache = [np.zeros(shape, dtype=np.float32) for _ in range(2 * ex.dims.cache_layers)]
+        self._attention: np.ndarray | None = None
 
     def logits(self, tokens: np.ndarray, step: int) -> np.ndarray:
         feeds = [tokens.astype(np.int64)[:, None], np.array([step], dtype=np.int64), *self.cache, *self.cross]
-        logits, *self.cache = self.session.run(None, dict(zip(self.names, feeds, strict=True)))
+        feed = dict(zip(self.names, feeds, strict=True))
+        logits, *self.cache, self._attention = self.session.run(None, feed)  # attention: the last output
         return logits
+
+    def attention(self) -> np.ndarray | None:
+        return self._attention
 
     def reorder(self, source: np.ndarray) -> None:
         self.cache = [c[source] for c in self.cache]
@@ -202,15 +211,19 @@ class OrtStepModel:
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_ort_decoding_equals_pytorch(exported: Exported, beams: int) -> None:
-    """Greedy (and beam) decoding driven by ORT sessions gives PyTorch's tokens."""
+    """Greedy (and beam) decoding driven by ORT sessions gives PyTorch's tokens, and the same
+    attention history (the exported cross_attention output, reordered with the beams)."""
     model = exported.ckpt.model
     before, after = real_images(exported, 3)
-    options = decoding_options(model, beams)
+    options = dataclasses.replace(decoding_options(model, beams), attention=True)
     want, _ = generate(model, torch.from_numpy(before), torch.from_numpy(after), options)
     cross = run(exported, IMAGE_ENCODER, before, after)[1:]
     got = beam_search(OrtStepModel(exported, cross, beams), 3, options)
     assert [r.best.tokens for r in got] == [r.best.tokens for r in want]
     assert [r.best.score for r in got] == pytest.approx([r.best.score for r in want], abs=1e-4)
+    for g, w in zip(got, want, strict=True):
+        assert g.best.attention.shape == (len(g.best.tokens), exported.dims.visual_tokens)
+        np.testing.assert_allclose(g.best.attention, w.best.attention, atol=1e-5, rtol=0)
     assert max(len(r.best.tokens) for r in want) >= 2
     assert isinstance(options, DecodingOptions)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from rsicrc.errors import ModelFolderError
-from rsicrc.runtime.contract import GRAPHS, Dims, contract
+from rsicrc.runtime.contract import CROSS_ATTENTION, GRAPHS, Dims, contract
 from rsicrc.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -108,7 +108,8 @@ def test_missing_folder_and_manifest(tmp_path: Path) -> None:
     (lambda d: d.update(extra=1), "unknown key.*extra"),
     (lambda d: d.pop("opset"), "missing key.*opset"),
     (lambda d: d["graphs"]["fp32"]["image_encoder"].update(size=3), "unknown key.*size"),
-    (lambda d: d.update(format_version=2), "unsupported format_version 2"),
+    (lambda d: d.update(format_version=3), "unsupported format_version 3; this rsicrc reads versions 1, 2"),
+    (lambda d: d.update(format_version=1), "contract does not match its dims"),  # format 1: no attention
     (lambda d: d.update(format_version="1"), "unsupported format_version '1'"),
     (lambda d: d.pop("format_version"), "unsupported format_version None"),
     (lambda d: d["dims"].update(vocab_size=8), "contract does not match its dims"),
@@ -136,6 +137,22 @@ def test_tampered_manifest_is_refused(tmp_path: Path, change: Any, message: str)
     with pytest.raises(ModelFolderError, match=message) as info:
         load_manifest(folder)
     assert "\n" not in str(info.value)
+
+
+def test_format_1_is_read_with_its_own_contract(tmp_path: Path) -> None:
+    """A format-1 folder (before the decoder step's cross_attention output) still loads; its
+    contract is the one without the output, and claiming the new output in format 1 is refused."""
+    folder, manifest = make_folder(tmp_path / "model")
+    old = Manifest(**{**manifest.__dict__, "format_version": 1, "contract": contract(DIMS, attention=False)})
+    write_manifest(folder, old)
+    loaded = load_manifest(folder)
+    assert loaded.format_version == 1 and loaded == old
+    assert CROSS_ATTENTION not in loaded.contract["decoder_step"].output_names()
+    assert CROSS_ATTENTION in manifest.contract["decoder_step"].output_names()  # format 2
+    assert Manifest.from_dict(old.to_dict()).to_dict()["format_version"] == 1  # rewrites keep it
+    edit(folder, lambda d: d.update(format_version=2))  # a format-2 manifest without the output
+    with pytest.raises(ModelFolderError, match="contract does not match its dims"):
+        load_manifest(folder)
 
 
 def test_write_replaces_atomically(tmp_path: Path) -> None:

@@ -26,12 +26,19 @@ def test_cached_steps_equal_full_forward() -> None:
     with torch.no_grad():
         full = model(before, after, tokens, torch.full((b,), n))
         _, visual, cross = model.encode_images(before, after)
+        memory, _ = model.encoder(before, after)
+        forced = model.decoder.cross_attention(tokens, memory)  # [B, L, N] teacher-forced
         cache = model.decoder.empty_cache(b)
-        worst = 0.0
+        worst = worst_attention = 0.0
         for t in range(n):
-            logits, cache = model.decode_step(tokens[:, t], torch.tensor(t), cache, cross)
+            logits, cache, attention = model.decode_step(tokens[:, t], torch.tensor(t), cache, cross)
             worst = max(worst, (logits - full.logits[:, t]).abs().max().item())
+            worst_attention = max(worst_attention, (attention - forced[:, t]).abs().max().item())
     assert worst <= 1e-5
+    assert forced.shape == (b, n, model.cfg.num_visual_tokens)
+    assert worst_attention <= 1e-6
+    assert torch.allclose(forced.sum(-1), torch.ones(b, n), atol=1e-5)  # rows are distributions
+    assert forced.std(-1).min() > 0  # and not uniform: the tokens are looked at unequally
     assert torch.equal(visual, full.visual)
     assert full.logits.shape == (b, n, 40)
 
@@ -45,8 +52,8 @@ def test_decode_step_uses_the_cache() -> None:
         outs = []
         for first in (5, 6):
             cache = model.decoder.empty_cache(1)
-            _, cache = model.decode_step(torch.tensor([first]), torch.tensor(0), cache, cross)
-            logits, _ = model.decode_step(torch.tensor([7]), torch.tensor(1), cache, cross)
+            _, cache, _ = model.decode_step(torch.tensor([first]), torch.tensor(0), cache, cross)
+            logits, _, _ = model.decode_step(torch.tensor([7]), torch.tensor(1), cache, cross)
             outs.append(logits)
     assert (outs[0] - outs[1]).abs().max() > 1e-4
 

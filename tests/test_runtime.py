@@ -141,6 +141,93 @@ def test_io_binding_step_equals_host_step(captioner) -> None:
     bound = beam_search(step, 2, options)
     assert [r.best.tokens for r in bound] == [r.best.tokens for r in host]
     assert [r.best.score for r in bound] == pytest.approx([r.best.score for r in host], abs=1e-5)
+    # with attention: the same history through both (reordered with the beams)
+    options = dataclasses.replace(options, attention=True)
+    host = beam_search(HostStepModel(captioner.backend.run, captioner.dims, tile_rows(encoded.state, 3)), 2,
+                       options)
+    bound = beam_search(captioner.graphs.step_model(encoded.state, 3), 2, options)
+    for got, want in zip(bound, host, strict=True):
+        assert [h.tokens for h in got.beams] == [h.tokens for h in want.beams]
+        for g, w in zip(got.beams, want.beams, strict=True):
+            np.testing.assert_allclose(g.attention, w.attention, atol=1e-6, rtol=0)
+
+
+def _teacher_forced_attention(torch_model, before: np.ndarray, after: np.ndarray, pair: int,
+                              tokens: tuple[int, ...]) -> np.ndarray:
+    """PyTorch's cross-attention for a given caption of one pair, the whole sequence at once
+    (no cache, no search): float32 [len(tokens), N], row i while choosing tokens[i]."""
+    import torch
+
+    from rsicrc.vocab import START
+
+    with torch.no_grad():
+        memory, _, _ = torch_model.encode_images(torch.from_numpy(before[pair: pair + 1]),
+                                                 torch.from_numpy(after[pair: pair + 1]))
+        ids = torch.tensor([[START, *tokens]])  # [1, T + 1]
+        forced = torch_model.decoder.cross_attention(ids, memory)[0].numpy()  # [T + 1, N]
+    return forced[: len(tokens)]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_beam_attention_equals_pytorch_teacher_forced(captioner, torch_model, beam: int) -> None:
+    """Every finished beam's attention history from the ONNX Runtime search (IO binding, beams
+    reordered) equals PyTorch's teacher-forced cross-attention of the same caption within 1e-5
+    (fp32); its rows sum to 1; the caption is the same as without attention."""
+    from rsicrc.runtime.captioner import preprocess_pairs
+
+    before, after = random_pairs(4, seed=40 + beam)
+    b, a = preprocess_pairs(before, after, captioner.model.preprocess)
+    options = DecodingOptions(beam_size=beam, attention=True)
+    encoded = captioner.graphs.encode(b, a)
+    results = captioner.task.decode(encoded, options)
+    plain = captioner.task.decode(encoded, dataclasses.replace(options, attention=False))
+    assert results == plain  # attention rides along; tokens and scores unchanged
+    n = captioner.dims.visual_tokens
+    checked = 0
+    for pair, result in enumerate(results):
+        for hyp in result.beams:
+            assert hyp.attention is not None and hyp.attention.shape == (len(hyp.tokens), n)
+            np.testing.assert_allclose(hyp.attention.sum(axis=1), 1.0, atol=1e-5)
+            want = _teacher_forced_attention(torch_model, b, a, pair, hyp.tokens)
+            np.testing.assert_allclose(hyp.attention, want, atol=1e-5, rtol=0)
+            checked += len(hyp.tokens)
+    assert checked >= 8 and max(len(r.best.tokens) for r in results) >= 3
+    spread = np.concatenate([h.attention for r in results for h in r.beams])
+    assert spread.std(axis=1).min() > 0  # not uniform: some tokens get more attention than others
+    # the captioner's result carries the best beam's attention
+    best = captioner.caption_preprocessed(b, a, options)
+    for got, result in zip(best, results, strict=True):
+        assert got.tokens == result.best.tokens
+        np.testing.assert_array_equal(got.attention, result.best.attention)
+        assert len(got.to_dict(attention=True)["attention"]) == len(got.tokens)
+        assert "attention" not in got.to_dict()
+
+
+def test_pytorch_search_gives_the_same_attention(captioner, torch_model) -> None:
+    """The PyTorch StepModel (rsicrc.decode) through the same search: same beams and attention."""
+    before, after = random_pairs(3, seed=52)
+    options = DecodingOptions(beam_size=3, attention=True)
+    b, a, reference, _ = _torch_captions(torch_model, captioner, before, after, options)
+    ours = captioner.task.decode(captioner.graphs.encode(b, a), options)
+    for got, want in zip(ours, reference, strict=True):
+        assert [h.tokens for h in got.beams] == [h.tokens for h in want.beams]
+        for g, w in zip(got.beams, want.beams, strict=True):
+            np.testing.assert_allclose(g.attention, w.attention, atol=1e-5, rtol=0)
+
+
+def test_format_1_folder_captions_as_before(format1_model: Path, captioner) -> None:
+    """A model folder exported before attention (format 1, no cross_attention output) loads and
+    captions exactly as the same model exported now; asking it for attention is one clear error."""
+    old = open_captioner(format1_model, device="cpu", threads=1)
+    assert old.manifest.format_version == 1 and not old.has_attention and captioner.has_attention
+    before, after = random_pairs(3, seed=61)
+    options = DecodingOptions(beam_size=3)
+    got, want = old.caption_arrays(before, after, options), captioner.caption_arrays(before, after, options)
+    assert [r.tokens for r in got] == [r.tokens for r in want]
+    assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-6)
+    with pytest.raises(ModelFolderError, match="predates attention heatmaps.*format 1.*re-export") as info:
+        old.caption_arrays(before, after, DecodingOptions(attention=True))
+    assert "\n" not in str(info.value)
 
 
 def test_edited_contract_is_refused(model_dir: Path) -> None:

@@ -184,11 +184,17 @@ def test_fp16_conversion_keeps_the_sensitive_ops_fp32(fp16_models) -> None:
     types = _types(decoder)
     logits = next(n for n in decoder.graph.node if "logits" in n.output)
     assert logits.op_type == "MatMul" and all(types[i] == TensorProto.FLOAT for i in logits.input)
+    # the attention output is the fp32 ReduceMean of an fp32 softmax: no fp16 round trip (a layout
+    # op between them, e.g. a Squeeze, would run in fp16 and round the weights)
+    producer = {o: n for n in decoder.graph.node for o in n.output}
+    mean = producer["cross_attention"]
+    assert mean.op_type == "ReduceMean" and producer[mean.input[0]].op_type == "Softmax"
+    assert types[mean.input[0]] == TensorProto.FLOAT
     assert "Conv" in precision_counts(fp16_models[IMAGE_ENCODER][1]) and precision_counts(
         fp16_models[IMAGE_ENCODER][1])["Conv"].get("float32", 0) == 0
     pinned = fp32_tensor_names(fp16_models[DECODER_STEP][0])  # what TensorRT 10 pins to fp32
     fp32_decoder = fp16_models[DECODER_STEP][0]
-    assert "logits" in pinned
+    assert "logits" in pinned and "cross_attention" in pinned
     assert all(n.output[0] in pinned for n in fp32_decoder.graph.node
                if n.op_type in ("LayerNormalization", "Softmax"))
 

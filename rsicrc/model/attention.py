@@ -32,13 +32,19 @@ def masked_min(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
-           dropout: nn.Module | None = None) -> Tensor:
-    """softmax(q k^T / sqrt(dh)) v. q [B,H,Lq,dh], k/v [B,H,Lk,dh], mask bool [..,Lq,Lk] True=keep."""
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(dh)): q [B,H,Lq,dh], k [B,H,Lk,dh], mask bool [..,Lq,Lk] True=keep
+    -> [B, H, Lq, Lk], each row summing to 1."""
     scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5)  # [B, H, Lq, Lk]
     if mask is not None:
         scores = scores.masked_fill(~mask, masked_min(scores.dtype))
-    weights = F.softmax(scores, dim=-1)  # [B, H, Lq, Lk]
+    return F.softmax(scores, dim=-1)  # [B, H, Lq, Lk]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+           dropout: nn.Module | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(dh)) v. q [B,H,Lq,dh], k/v [B,H,Lk,dh], mask bool [..,Lq,Lk] True=keep."""
+    weights = attention_weights(q, k, mask)  # [B, H, Lq, Lk]
     if dropout is not None:
         weights = dropout(weights)
     return weights @ v  # [B, H, Lq, dh]
@@ -114,10 +120,18 @@ class DecoderAttention(nn.Module):
         out = attend(q, k_cache, v_cache, valid.view(1, 1, 1, -1))  # [B, H, 1, dh]
         return self.out_proj(out.reshape(x.shape)), k_cache, v_cache  # [B, 1, C]
 
-    def step_cross(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """x [B, 1, C]; k/v [B, H, N, dh] precomputed -> [B, 1, C]."""
+    def step_cross(self, x: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, 1, C]; k/v [B, H, N, dh] precomputed -> output [B, 1, C] and the attention
+        weights averaged over heads [B, N] (where this token looked; rows sum to 1)."""
         q = token_heads(self.q_proj(x), self.heads)  # [B, H, 1, dh]
-        return self.out_proj(attend(q, k, v).reshape(x.shape))  # [B, 1, C]
+        weights = attention_weights(q, k)  # [B, H, 1, N]
+        out = self.out_proj((weights @ v).reshape(x.shape))  # [B, 1, C]
+        return out, weights.mean(dim=(1, 2))  # [B, N] (Lq = 1: one ReduceMean, no Squeeze node)
+
+    def cross_weights(self, x: Tensor, memory: Tensor) -> Tensor:
+        """Full-sequence cross-attention weights: x [B, L, C], memory [B, N, C] -> [B, H, L, N]."""
+        q = split_heads(self.q_proj(x), self.heads)  # [B, H, L, dh]
+        return attention_weights(q, split_heads(self.k_proj(memory), self.heads))  # [B, H, L, N]
 
 
 class QueryPool(nn.Module):

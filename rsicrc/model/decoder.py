@@ -52,13 +52,24 @@ class DecoderLayer(nn.Module):
         return self.feed_forward(x)
 
     def step(self, x: Tensor, onehot: Tensor, valid: Tensor, k_cache: Tensor, v_cache: Tensor,
-             cross_kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, 1, C]; caches [B, H, S, dh]; cross_kv [B, H, N, dh] x2 for multimodal layers."""
+             cross_kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x [B, 1, C]; caches [B, H, S, dh]; cross_kv [B, H, N, dh] x2 for multimodal layers.
+        Returns x, the caches and (multimodal layers) the cross-attention, mean over heads [B, N]."""
         sa, k_cache, v_cache = self.self_attn.step_self(x, onehot, valid, k_cache, v_cache)
         x = self.sa_norm(x + sa)  # [B, 1, C]
+        attention = None
         if self.cross_attn is not None and self.mha_norm is not None and cross_kv is not None:
-            x = self.mha_norm(x + self.cross_attn.step_cross(x, *cross_kv))  # [B, 1, C]
-        return self.feed_forward(x), k_cache, v_cache
+            ca, attention = self.cross_attn.step_cross(x, *cross_kv)  # [B, 1, C], [B, N]
+            x = self.mha_norm(x + ca)  # [B, 1, C]
+        return self.feed_forward(x), k_cache, v_cache, attention
+
+    def cross_weights(self, x: Tensor, memory: Tensor) -> Tensor:
+        """Teacher-forced cross-attention weights of this (multimodal) layer: x [B, L, C] is the
+        layer's input, memory [B, N, C] -> [B, H, L, N]."""
+        if self.cross_attn is None:
+            raise ValueError("a unimodal layer has no cross-attention")
+        x = self.sa_norm(x + self.drop(self.self_attn(x, causal=True)))  # [B, L, C]
+        return self.cross_attn.cross_weights(x, memory)  # [B, H, L, N]
 
 
 Cache = list[tuple[Tensor, Tensor]]
@@ -108,6 +119,15 @@ class TextDecoder(nn.Module):
             x = layer(x, memory)  # [B, L, C]
         return self.lm_head(x), text
 
+    def cross_attention(self, tokens: Tensor, memory: Tensor) -> Tensor:
+        """Where the last multimodal layer looks for each position of a given (teacher-forced)
+        sequence: tokens [B, L] (START first), memory [B, N, C] -> weights averaged over heads
+        [B, L, N]; row t is the attention while predicting token t + 1, as `step` gives it."""
+        x = self.unimodal(tokens)  # [B, L, C]
+        for layer in self.cross[:-1]:
+            x = layer(x, memory)  # [B, L, C]
+        return self.cross[-1].cross_weights(x, memory).mean(dim=1)  # [B, L, N]
+
     def cross_keys_values(self, memory: Tensor) -> Cache:
         """Cross-attention K/V of every multimodal layer, once per pair: [B, H, N, dh] each."""
         return [layer.cross_attn.keys_values(memory) for layer in self.cross]  # type: ignore[union-attr]
@@ -118,10 +138,12 @@ class TextDecoder(nn.Module):
         return [(torch.zeros(shape, device=device, dtype=dtype),
                  torch.zeros(shape, device=device, dtype=dtype)) for _ in self.layers]
 
-    def step(self, tokens: Tensor, step: Tensor, cache: Cache, cross_kv: Cache) -> tuple[Tensor, Cache]:
+    def step(self, tokens: Tensor, step: Tensor, cache: Cache,
+             cross_kv: Cache) -> tuple[Tensor, Cache, Tensor]:
         """One decoding step. tokens int64 [B]; step int64 [] (position of `tokens`);
         cache: (K, V) [B, H, S, dh] per layer (uni then multimodal); cross_kv: per multimodal layer.
-        Returns logits [B, V] and the updated cache. `step` only enters elementwise ops."""
+        Returns logits [B, V], the updated cache and the last multimodal layer's cross-attention
+        averaged over heads [B, N] (the heatmaps' source). `step` only enters elementwise ops."""
         slots = torch.arange(self.cfg.max_len, device=tokens.device)  # [S]
         onehot = (slots == step).to(self.pe.dtype)  # [S]
         valid = slots <= step  # [S]
@@ -130,8 +152,12 @@ class TextDecoder(nn.Module):
         new_cache: Cache = []
         layers = self.layers
         n_uni = len(self.uni)
+        attention: Tensor | None = None
         for i, layer in enumerate(layers):
             kv = cross_kv[i - n_uni] if i >= n_uni else None
-            x, k, v = layer.step(x, onehot, valid, cache[i][0], cache[i][1], kv)
+            x, k, v, layer_attention = layer.step(x, onehot, valid, cache[i][0], cache[i][1], kv)
+            attention = layer_attention if layer_attention is not None else attention
             new_cache.append((k, v))
-        return self.lm_head(x[:, 0]), new_cache  # [B, V]
+        if attention is None:
+            raise ValueError("the decoder has no multimodal layer")
+        return self.lm_head(x[:, 0]), new_cache, attention  # [B, V], .., [B, N]

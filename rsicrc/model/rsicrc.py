@@ -40,7 +40,8 @@ class RSICRC(nn.Module):
         return self.decoder.text_embedding(tokens, lengths)  # [B, C]
 
     def decode_step(self, tokens: Tensor, step: Tensor, cache: Cache,
-                    cross_kv: Cache) -> tuple[Tensor, Cache]:
+                    cross_kv: Cache) -> tuple[Tensor, Cache, Tensor]:
+        """-> logits [B, V], updated cache, cross-attention of the last multimodal layer [B, N]."""
         return self.decoder.step(tokens, step, cache, cross_kv)
 
     def num_parameters(self) -> int:
