@@ -207,9 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                   args.max_wait_ms, "--max-queue", args.max_queue]
     serve_args += ["--precision", args.precision] if args.precision else []
     serve_args += ["--threads", args.threads] if args.threads else []
-    record: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),
-                              "load_start": os.getloadavg()}
+    from rsicrc.runtime.cpu import cpu_info
+
+    record: dict[str, Any] = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "args": {k: str(v) for k, v in vars(args).items()}, "cpu": cpu_info().to_dict(),
+                              "cpu_count": os.cpu_count(), "load_start": os.getloadavg()}
     server = ServerProcess(serve_args).start()
+    print(f"CPU: {cpu_info().describe()}, {os.cpu_count()} cores", flush=True)
     print(f"server {server.url} ready, RSS {server.rss_mb():.0f} MiB; {len(pairs)} pairs; load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     try:
@@ -240,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server exit code after SIGTERM: {record['exit_code']}; load {record['load_start'][0]:.1f} -> "
           f"{record['load_end'][0]:.1f}")
     if args.json:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        from rsicrc.files import write_atomic
+
+        write_atomic(args.json, json.dumps(record, indent=2) + "\n")
     return 0
 
 

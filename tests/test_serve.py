@@ -340,23 +340,6 @@ def _wait_for_depth(client: Any, depth: int, timeout_s: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def _slow_upload(client: Any, allowed: Path, seconds: float) -> Any:
-    """POST a pair whose multipart body trickles in over `seconds`: the server knows the request
-    is on its way (announced to the batcher) from its headers on, so batches forming meanwhile wait
-    for it, up to --max-wait-ms."""
-    request = httpx.Request("POST", "http://x", files=upload(allowed, "A/p3.png", "B/p3.png"))
-    body, pieces = request.read(), 20
-
-    def trickle():
-        step = -(-len(body) // pieces)
-        for i in range(0, len(body), step):
-            yield body[i: i + step]
-            time.sleep(seconds / pieces)
-
-    return client.post("/v1/caption", content=trickle(),
-                       headers={"content-type": request.headers["content-type"]})
-
-
 def test_full_queue_answers_503_with_retry_after_and_serving_goes_on(model_dir: Path,
                                                                      files: dict[str, Any]) -> None:
     allowed = files["allowed"]
