@@ -491,3 +491,14 @@ def test_load_benchmark_runs_a_short_sweep_and_reports(model_dir: Path, files: d
         assert sum(v["batch_sizes"].values()) == v["ok"] and v["mean_batch"] >= 1.0
     assert set(levels[0]["batch_sizes"]) == {"1"}  # one client: always alone
     assert record["soak"]["rss_mb_start"] > 0 and record["soak"]["level"]["lost"] == 0
+
+
+def test_batch_ceiling_script_reports_a_ratio(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/batch_ceiling.py at toy scale: both batch sizes run and a finite ratio is printed."""
+    from benchmarks.batch_ceiling import main
+
+    assert main(["--model", str(model_dir), "--batch", "2", "--rounds", "1", "--beam", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "round 0 batch  1:" in out and "round 0 batch  2:" in out
+    ratio = float(re.search(r"batch 2 / batch 1 \(medians\): (\S+)", out).group(1))
+    assert ratio > 0
