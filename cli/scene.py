@@ -61,6 +61,10 @@ def scene_command(
     quicklook: Path | None = typer.Option(None, "--quicklook", help="Also write this PNG: the after date "
                                           "(longest side <= 2048 px) with the features outlined and "
                                           "numbered.", show_default=False),
+    heat: Path | None = typer.Option(None, "--heat", help="Also write this change layer: a single-band "
+                                     "float32 Cloud-Optimized GeoTIFF on the scene grid (32 px cells) with "
+                                     "each tile's change score (with --query: its similarity); NaN where "
+                                     "tiles were skipped.", show_default=False),
     fmt: str | None = typer.Option(None, "--format", help="geojson or gpkg (default: gpkg for a .gpkg --out, "
                                    "else geojson). gpkg needs pyogrio: pip install 'rsicrc[gpkg]'.",
                                    show_default=False),
@@ -93,8 +97,9 @@ def scene_command(
         options = SceneOptions(
             tile=tile, overlap=overlap, batch_size=batch_size, decoding=DecodingOptions(beam_size=beam),
             bands=parse_bands(bands) if bands is not None else None, all_tiles=all_tiles, query=query,
-            top_k=top_k, quicklook=quicklook, format=chosen, max_nodata=max_nodata, gate_margin=gate_margin,
-            progress=not quiet, model_dir=model, runtime=runtime_options(engine, device, precision, threads))
+            top_k=top_k, quicklook=quicklook, heat=heat, format=chosen, max_nodata=max_nodata,
+            gate_margin=gate_margin, progress=not quiet, model_dir=model,
+            runtime=runtime_options(engine, device, precision, threads))
         return caption_scene(before, after, out, options)
 
     report = guarded(run)
@@ -113,6 +118,7 @@ def summary(report: SceneReport) -> str:
     c = report.counts
     area = f", {report.km2_per_min:.3g} km2/min" if report.km2_per_min is not None else ""
     look = f" and the quick-look {report.quicklook}" if report.quicklook else ""
+    look += f" and the change layer {report.heat}" if report.heat else ""
     return (f"{c['tiles']} tiles: {c['processed']} processed, {c['skipped_nodata']} skipped (nodata), "
             f"{c['decoded']} decoded, {c['changed']} changed\n"
             f"wrote {c['features']} features to {report.out}{look} "

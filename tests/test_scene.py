@@ -257,3 +257,54 @@ def test_tiff_without_crs_and_uint16_4band_with_bands(tiny_model: Path, tmp_path
         _options(tiny_model, bands=(4, 3, 2), all_tiles=True),
     )
     assert report.counts["processed"] == 4 and not report.alignment.startswith("after date warped")
+
+
+# --- the change layer (--heat) ----------------------------------------------------------------------
+
+
+def test_heat_layer_is_a_cog_with_each_tiles_score_and_nodata_where_skipped(
+    scenes: dict[str, Path], tiny_model: Path, tmp_path: Path
+) -> None:
+    import rasterio
+
+    heat = tmp_path / "change.tif"
+    doc, report = _run(scenes["aligned"], tmp_path / "all.geojson", tiny_model, all_tiles=True, heat=heat)
+    assert report.heat == heat and report.to_dict()["heat"] == str(heat)
+    with rasterio.open(scenes["aligned"] / "before.tif") as before, rasterio.open(heat) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert (ds.count, ds.dtypes[0], ds.crs, ds.shape) == (1, "float32", before.crs, (8, 8))  # 256 px / 32
+        assert np.isnan(ds.nodata) and json.loads(ds.tags()["model"]) == doc["rsicrc"]["model"]
+        assert ds.transform.c == before.transform.c and ds.transform.f == before.transform.f
+        assert ds.transform.a == before.transform.a * 32 and ds.transform.e == before.transform.e * 32
+        values = ds.read(1)
+    for feature in doc["features"]:
+        p = feature["properties"]
+        cells = values[2 * p["row"]: 2 * p["row"] + 2, 2 * p["col"]: 2 * p["col"] + 2]  # 64 px tile: 2x2 cells
+        np.testing.assert_allclose(cells, -p["gate_score"], rtol=1e-6)
+    assert np.isnan(values[6:8, 4:8]).all()  # r003c002, r003c003: nodata tiles, skipped
+    assert np.isfinite(values).sum() == 14 * 4
+
+
+def test_heat_cells_take_the_larger_score_of_overlapping_tiles_and_have_overviews(tmp_path: Path) -> None:
+    import rasterio
+
+    from rsicrc.runtime.scene.grid import PixelWindow, tile_grid
+    from rsicrc.runtime.scene.heat import HeatLayer, overview_factors
+
+    window = PixelWindow(100, 40, 2000, 1000)
+    tiles = tile_grid(window, 256, 128)  # stride 128: every inner cell lies under four tiles
+    layer = HeatLayer(window, "gate")
+    for t in tiles:
+        layer.paint(t, float(t.index))
+    assert layer.values.shape == (32, 63)  # ceil(1000/32), ceil(2000/32)
+    # the cell at pixel (col 300, row 200) of the window: tiles starting at cols 128/256, rows 128/... overlap it
+    covering = [t.index for t in tiles if t.window.col_off - 100 <= 300 < t.window.col_off - 100 + 256
+                and t.window.row_off - 40 <= 200 < t.window.row_off - 40 + 256]
+    assert layer.values[200 // 32, 300 // 32] == max(covering)
+    assert overview_factors(layer.values.shape) == [2, 4]  # 63 -> 31 -> 15, not 7
+    layer.write(tmp_path / "h.tif", None, None, {"complete": "true"})
+    with rasterio.open(tmp_path / "h.tif") as ds:
+        assert ds.crs is None and ds.overviews(1) == [2, 4]
+        assert (ds.transform.c, ds.transform.f, ds.transform.a, ds.transform.e) == (100, -40, 32, -32)
+        np.testing.assert_array_equal(ds.read(1), layer.values)
+        assert ds.tags()["score"].startswith("change score")

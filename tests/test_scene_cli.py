@@ -84,6 +84,8 @@ def test_json_summary_and_files(scene: Path, tiny_model: Path, tmp_path: Path) -
         1,
         "--quicklook",
         look,
+        "--heat",
+        tmp_path / "heat.tif",
         "--json",
         "--quiet",
         "--device",
@@ -96,6 +98,7 @@ def test_json_summary_and_files(scene: Path, tiny_model: Path, tmp_path: Path) -
     doc = json.loads(out.read_text())
     assert doc["type"] == "FeatureCollection" and len(doc["features"]) == summary["counts"]["features"]
     assert doc["rsicrc"]["decoding"]["beam"] == 1 and look.stat().st_size > 0
+    assert summary["heat"] == str(tmp_path / "heat.tif") and (tmp_path / "heat.tif").stat().st_size > 0
 
 
 def _bad(tmp_path: Path, model: Path, before: Path, after: Path, *extra: str | Path) -> str:
@@ -175,6 +178,8 @@ def test_outputs_and_options_refused_up_front(scene: Path, tiny_model: Path, tmp
     blocker.write_text("")
     assert "does not exist" in assert_one_line_error(_scene(b, a, "--out", blocker / "x.geojson"))
     assert "is a folder" in assert_one_line_error(_scene(b, a, "--out", tmp_path))
+    assert "--heat" in assert_one_line_error(_scene(b, a, "--out", tmp_path / "x.geojson",
+                                                    "--heat", tmp_path / "no" / "h.tif"))
     assert "choose one of: geojson, gpkg" in _bad(tmp_path, tiny_model, b, a, "--format", "shp")
     assert "cannot be combined with --all-tiles" in _bad(
         tmp_path, tiny_model, b, a, "--query", "a road", "--all-tiles"

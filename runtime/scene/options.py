@@ -28,6 +28,7 @@ class SceneOptions:
     query: str | None = None  # rank the scene's tiles by similarity to this text instead
     top_k: int = 20  # with `query`: how many tiles to keep (and caption)
     quicklook: Path | None = None  # PNG to write: the after date with the features outlined
+    heat: Path | None = None  # COG to write: every processed tile's score on the scene grid (heat.py)
     format: str = "geojson"  # one of output.FORMATS
     max_nodata: float = 0.5  # a tile with a larger share of nodata pixels (either date) is skipped
     gate_margin: float = DEFAULT_MARGIN  # the change gate's margin (see gate.py)
@@ -58,6 +59,7 @@ class SceneReport:
     timing_s: dict[str, float]  # seconds: open, load_model, stretch, read, preprocess, encode, decode, ...
     area_km2: float | None  # ground area of the processed tiles (None without a metric CRS)
     alignment: str  # what was done to align the dates (one line)
+    heat: Path | None = None  # the change layer (COG), if asked for
 
     @property
     def tiles_per_s(self) -> float:
@@ -75,4 +77,4 @@ class SceneReport:
                 "timing_s": {k: round(v, 3) for k, v in self.timing_s.items()},
                 "tiles_per_s": round(self.tiles_per_s, 3), "area_km2": self.area_km2,
                 "km2_per_min": None if self.km2_per_min is None else round(self.km2_per_min, 4),
-                "alignment": self.alignment}
+                "alignment": self.alignment, "heat": str(self.heat) if self.heat else None}

@@ -13,6 +13,7 @@ Memory holds one batch of pixels and the results, never the scene.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import sys
 import time
@@ -25,6 +26,7 @@ import numpy as np
 from rsicrc.runtime.scene.features import Georeference, TileResult, feature_collection
 from rsicrc.runtime.scene.gate import ChangeGate, build_gate, is_no_change
 from rsicrc.runtime.scene.grid import Tile, check_tile, tile_grid
+from rsicrc.runtime.scene.heat import HeatLayer
 from rsicrc.runtime.scene.model import SceneModel
 from rsicrc.runtime.scene.options import SceneOptions, SceneReport
 from rsicrc.runtime.scene.output import check_output, write_features
@@ -61,6 +63,9 @@ class _TileLoop:
         self.results: list[TileResult] = []
         self.hits: list[tuple[float, int, Tile]] = []  # --query: min-heap of (similarity, -index, tile)
         self.gate: ChangeGate | None = None
+        self.heat: HeatLayer | None = None  # --heat: every processed tile's score, on the scene grid
+        if options.heat is not None:
+            self.heat = HeatLayer(scene.alignment.window, "query" if options.query is not None else "gate")
         self.query: np.ndarray | None = None  # [C] L2-normalised
         if options.query is not None:
             self.query = timer("embed_text", lambda: model.embed_text([options.query])[0])  # type: ignore[list-item]
@@ -85,6 +90,8 @@ class _TileLoop:
         self.counts["processed"] += len(kept)
         if self.query is not None:
             for tile, similarity in zip(kept, encoded.embedding @ self.query, strict=True):
+                if self.heat is not None:
+                    self.heat.paint(tile, float(similarity))
                 item = (float(similarity), -tile.index, tile)
                 if len(self.hits) < self.options.top_k:
                     heapq.heappush(self.hits, item)
@@ -94,6 +101,9 @@ class _TileLoop:
         assert self.gate is not None  # set whenever there is no query
         scores = self.gate.scores(encoded.embedding)  # [b]
         passed = scores <= self.gate.margin  # [b]
+        if self.heat is not None:
+            for tile, score in zip(kept, scores, strict=True):
+                self.heat.paint(tile, -float(score))
         self.counts["gate_unchanged"] += int((~passed).sum())
         rows = np.arange(len(kept)) if self.options.all_tiles else np.flatnonzero(passed)
         captions = self.timer("decode", lambda: self.model.caption(encoded.take(rows), self.options.decoding))
@@ -185,6 +195,7 @@ def caption_scene(before: Path, after: Path, out: Path, options: SceneOptions | 
     options = options or SceneOptions()
     out = check_output(out, "--out")
     quicklook = check_output(options.quicklook, "--quicklook") if options.quicklook is not None else None
+    heat = check_output(options.heat, "--heat") if options.heat is not None else None
     timer = _Timer()
     began = time.perf_counter()
     with timer("open", lambda: ScenePair(before, after, options.bands)) as scene:
@@ -207,6 +218,11 @@ def caption_scene(before: Path, after: Path, out: Path, options: SceneOptions | 
         timer("write", lambda: write_features(out, collection, options.format))
         if quicklook is not None:
             timer("write", lambda: write_quicklook(quicklook, scene, stretch, results))
+        if heat is not None and loop.heat is not None:
+            tags = {"model": json.dumps(meta["model"]), "complete": str(complete).lower(),
+                    "gate_margin": str(options.gate_margin), "query": options.query or ""}
+            timer("write", lambda: loop.heat.write(heat, crs, scene.before.transform, tags))  # type: ignore[union-attr]
         area = _area_km2(scene, counts["processed"] / len(tiles))
     timer.s["total"] = time.perf_counter() - began
-    return SceneReport(out, quicklook, complete, counts, dict(timer.s), area, scene.alignment.describe())
+    return SceneReport(out, quicklook, complete, counts, dict(timer.s), area, scene.alignment.describe(),
+                       heat)
