@@ -25,6 +25,7 @@ from rsicrc.cli.import_original import import_original_command
 from rsicrc.cli.index import index_command
 from rsicrc.cli.scene import scene_command, synth_scene_command
 from rsicrc.cli.search import search_command
+from rsicrc.cli.serve import serve_command
 from rsicrc.cli.trt import build_engines_command, check_command
 from rsicrc.cli.verify import verify_command
 from rsicrc.errors import ConfigError
@@ -136,6 +137,7 @@ app.command("search")(search_command)
 app.command("verify")(verify_command)
 app.command("scene")(scene_command)
 app.command("synth-scene")(synth_scene_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

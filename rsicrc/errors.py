@@ -57,3 +57,15 @@ class IndexFolderError(RsicrcError):
 
 class ClusterError(RsicrcError):
     """A Ray cluster cannot be reached or started, lacks the resources asked for, or lost the work."""
+
+
+class ServiceBusyError(RsicrcError):
+    """The service cannot take a request now (queue full, model still loading, shutting down)."""
+
+
+class AccessError(RsicrcError):
+    """A request names a file outside the folder the service was allowed to read."""
+
+
+class RequestTooLargeError(RsicrcError):
+    """A request body is larger than the service accepts."""
