@@ -1,7 +1,8 @@
 """Import checkpoints trained with the original RSICRC research code (DESIGN §10).
 
 The original code saves a plain state dict (`model_best.pt` / `pytorch_model.bin`) next to a
-flat `config.json` and a `levir_vocab.json`. This module reads the three, maps every tensor onto
+flat `config.json` and a `levir_vocab.json` (`read_original_vocab` reads it as their code
+writes it). This module reads the three, maps every tensor onto
 our parameter names (splitting the decoder's packed q/k/v projections), checks that every key is
 consumed and every shape fits, and writes one of our checkpoint folders. The imported model sets
 `value_from_key` because the original encoder computed its attention values with `to_k`.
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,8 @@ import torch
 from torch import Tensor
 
 from rsicrc.config import BackboneConfig, Config, ModelConfig
-from rsicrc.errors import CheckpointError, ConfigError
-from rsicrc.vocab import Vocabulary
+from rsicrc.errors import CheckpointError, ConfigError, VocabularyError
+from rsicrc.vocab import SPECIAL_TOKENS, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ OPTIONAL_KEYS = ("dropout", "image_size", "backbone_layers", "backbone_width")
 PE_KEY = "decoder.position_encoding.pe"
 EMBED_KEY, HEAD_KEY = "decoder.tokens_embed.weight", "decoder.lm_head.weight"
 SHOW = 5  # keys listed per kind of problem in an error message
+# Ids 0-3 as the original's utils.get_{levir,dubai,clevr}_vocabulary write them; ours are SPECIAL_TOKENS.
+ORIGINAL_SPECIALS = ("PAD", "START", "UNK", "END")
 
 # Our name prefix -> the original's, first match wins (blocks and layers are handled by regex).
 _PREFIXES = (
@@ -212,6 +216,70 @@ def read_original_config(path: Path) -> tuple[ModelConfig, dict[str, Any], list[
     return cfg, data, ignored
 
 
+class _Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs, so that a word written twice stays visible."""
+
+
+def _shown(items: list[str]) -> str:
+    return ", ".join(items[:SHOW]) + (", ..." if len(items) > SHOW else "")
+
+
+def read_original_vocab(path: Path) -> Vocabulary:
+    """The original {word: id} vocabulary file -> our Vocabulary with the file's ids kept.
+
+    Their get_levir_vocabulary / get_dubai_vocabulary (and get_clevr_vocabulary) all write the
+    kept words first, ids from 4 in value_counts() order, then PAD 0, START 1, UNK 2, END 3. Key
+    order is free; the specials may also be spelled as ours (<NULL>, <START>, <UNK>, <END>) and
+    are renamed to ours. Anything else wrong is one CheckpointError naming it.
+    """
+    where = f"vocabulary {path}"
+    try:
+        raw = json.loads(Path(path).read_text(), object_pairs_hook=_Pairs)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {where}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where}: invalid JSON ({e})") from None
+    if not isinstance(raw, _Pairs):
+        raise CheckpointError(f"{where}: expected a JSON object {{word: id}}, got {type(raw).__name__}")
+    twice = sorted(w for w, n in Counter(w for w, _ in raw).items() if n > 1)
+    if twice:
+        raise CheckpointError(f"{where}: word(s) written more than once: {_shown(twice)}")
+    mapping: dict[str, int] = dict(raw)
+    bad = [f"{w!r}: {i!r}" for w, i in mapping.items() if isinstance(i, bool) or not isinstance(i, int)]
+    if bad:
+        raise CheckpointError(f"{where}: ids must be integers; got {_shown(bad)}")
+    problems, rename = [], {}
+    for want, (theirs, ours) in enumerate(zip(ORIGINAL_SPECIALS, SPECIAL_TOKENS, strict=True)):
+        present = [name for name in (theirs, ours) if name in mapping]
+        if not present:
+            problems.append(f"{theirs} (or {ours}) is missing")
+        elif len(present) == 2:
+            problems.append(f"both {theirs} and {ours} are present")
+        elif mapping[present[0]] != want:
+            problems.append(f"{present[0]} has id {mapping[present[0]]}, expected {want}")
+        else:
+            rename[present[0]] = ours
+    if problems:
+        raise CheckpointError(f"{where}: special tokens must be PAD 0, START 1, UNK 2, END 3 (or <NULL>, "
+                              f"<START>, <UNK>, <END>): {'; '.join(problems)}")
+    by_id: dict[int, list[str]] = {}
+    for word, i in mapping.items():
+        by_id.setdefault(i, []).append(word)
+    shared = [f"id {i} ({', '.join(repr(w) for w in ws)})" for i, ws in sorted(by_id.items()) if len(ws) > 1]
+    if shared:
+        raise CheckpointError(f"{where}: duplicate ids: {_shown(shared)}")
+    n = len(mapping)
+    gaps = [str(i) for i in range(n) if i not in by_id]
+    if gaps:
+        outside = [str(i) for i in sorted(by_id) if not 0 <= i < n]
+        raise CheckpointError(f"{where}: ids must run 0..{n - 1} without gaps; missing {_shown(gaps)}; "
+                              f"out of range {_shown(outside)}")
+    try:
+        return Vocabulary(tuple(rename.get(by_id[i][0], by_id[i][0]) for i in range(n)))
+    except VocabularyError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
 def load_original_state_dict(path: Path) -> dict[str, Tensor]:
     """torch.load with weights_only=True only; a wrapping {"state_dict"|"model": ...} is unwrapped."""
     path = Path(path)
@@ -257,7 +325,7 @@ def import_original(weights: Path, config: Path, vocab: Path, out: Path) -> Path
     cfg, raw_config, ignored = read_original_config(Path(config))
     if ignored:
         log.info("original config: ignored non-architecture keys %s", ", ".join(ignored))
-    words = Vocabulary.load(Path(vocab))
+    words = read_original_vocab(Path(vocab))
     converted = convert_state_dict(load_original_state_dict(weights), cfg)
     rows = converted[EMBED_KEY].shape[0]
     if rows != len(words):

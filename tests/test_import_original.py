@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from rsicrc.import_original import (
     load_original_state_dict,
     model_config_from_original,
     original_key,
+    read_original_vocab,
 )
 from rsicrc.vocab import END, SPECIAL_TOKENS, START
 
@@ -47,6 +50,19 @@ PAPER = {"backbone": "RN50", "d_model": 2048, "max_len": 41, "encoder_layers": 3
          "num_heads": 8, "h_dim": 512, "a_dim": 2048, "dropout": 0.1, "lr": 1e-4}
 WORDS = ["the", "a", "house", "road", "built", "scene", "is", "same", "as", "before", "trees",
          "removed", "two", "houses", "are", "at", "top", "of", "no", "change"]
+
+
+def authors_vocab(words: list[str]) -> dict[str, int]:
+    """levir_vocab.json as the original get_levir_vocabulary writes it: the words by descending
+    count (pandas value_counts order) with ids from 4, then PAD 0, START 1, UNK 2, END 3 last."""
+    tokens = [w for k, w in enumerate(words) for _ in range(6 + (k * 7) % 11)]  # every count > 5
+    vocab = {w: i + 4 for i, (w, _) in enumerate(Counter(tokens).most_common())}
+    vocab.update(PAD=0, START=1, UNK=2, END=3)
+    return vocab
+
+
+VOCAB = authors_vocab(WORDS)
+OUR_WORDS = (*SPECIAL_TOKENS, *sorted(WORDS, key=VOCAB.__getitem__))  # ours, by the file's ids
 
 
 # ----------------------------------------------------------------------------- reference model
@@ -315,7 +331,7 @@ def write_original(folder: Path, cfg: dict[str, Any], ref: nn.Module | None = No
     weights, config, vocab = folder / "model_best.pt", folder / "config.json", folder / "levir_vocab.json"
     torch.save(state if state is not None else ref.state_dict(), weights)  # type: ignore[union-attr]
     config.write_text(json.dumps(cfg))
-    vocab.write_text(json.dumps({w: i for i, w in enumerate([*SPECIAL_TOKENS, *WORDS])}))
+    vocab.write_text(json.dumps(VOCAB))
     return weights, config, vocab
 
 
@@ -399,7 +415,7 @@ def assert_parity(ref: RefRSICRC, model: nn.Module, image_size: int, vocab_size:
 def test_small_import_matches_the_original_model(small: Original, small_ckpt: Path) -> None:
     ckpt = load_checkpoint(small_ckpt)
     assert ckpt.model.cfg.value_from_key and ckpt.model.encoder.proj is not None
-    assert ckpt.vocab.words == (*SPECIAL_TOKENS, *WORDS)
+    assert ckpt.vocab.words == OUR_WORDS and OUR_WORDS[:7] != (*SPECIAL_TOKENS, *WORDS[:3])
     assert_parity(small.ref, ckpt.model, SMALL["image_size"], len(ckpt.vocab))
 
 
@@ -587,9 +603,54 @@ def test_config_mapping_errors() -> None:
         model_config_from_original({**PAPER, "num_heads": 7})
 
 
+def test_authors_vocabulary_keeps_its_ids(tmp_path: Path) -> None:
+    """Their file (specials last, words in count order), our spelling and any key order all give
+    the same vocabulary: the file's ids, the specials under our names."""
+    assert list(VOCAB)[-4:] == ["PAD", "START", "UNK", "END"]  # as their code writes it
+    path = tmp_path / "levir_vocab.json"
+    path.write_text(json.dumps(VOCAB))
+    vocab = read_original_vocab(path)
+    assert vocab.words == OUR_WORDS
+    assert all(vocab.id(w) == i for w, i in VOCAB.items() if w not in ("PAD", "START", "UNK", "END"))
+    ours = {**{w: i for w, i in VOCAB.items() if i >= 4}, **{t: i for i, t in enumerate(SPECIAL_TOKENS)}}
+    items = list(ours.items())
+    random.Random(0).shuffle(items)
+    path.write_text(json.dumps(dict(items)))
+    assert read_original_vocab(path).words == OUR_WORDS
+
+
+def _vocab_text(**changes: Any) -> str:
+    vocab = dict(VOCAB)
+    for key, value in changes.items():
+        if value is None:
+            vocab.pop(key)
+        else:
+            vocab[key] = value
+    return json.dumps(vocab)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (_vocab_text(END=None), r"END \(or <END>\) is missing"),
+    (_vocab_text(**{"<NULL>": 0}), "both PAD and <NULL> are present"),
+    (_vocab_text(PAD=5, the=0), "PAD has id 5, expected 0"),
+    (_vocab_text(road=VOCAB["house"]), r"duplicate ids: id \d+ \('\w+', '\w+'\)$"),
+    (_vocab_text(road=99), r"ids must run 0\.\.23 without gaps; missing \d+; out of range 99"),
+    (_vocab_text(road="7"), "ids must be integers; got 'road': '7'"),
+    ('{"PAD": 0, "START": 1, "UNK": 2, "END": 3, "the": 4, "the": 5}', "written more than once: the"),
+    ('["PAD", "START"]', "expected a JSON object"),
+    ('{"PAD": 0,', "invalid JSON"),
+])
+def test_bad_vocabularies_are_refused_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "v.json"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=message) as err:
+        read_original_vocab(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_vocabulary_must_fit_the_embedding(small: Original, tmp_path: Path) -> None:
     vocab = tmp_path / "v.json"
-    vocab.write_text(json.dumps({w: i for i, w in enumerate([*SPECIAL_TOKENS, "the"])}))
+    vocab.write_text(json.dumps({"the": 4, "PAD": 0, "START": 1, "UNK": 2, "END": 3}))
     with pytest.raises(CheckpointError, match="has 5 entries but the weights embed 24 tokens"):
         import_original(small.weights, small.config, vocab, tmp_path / "out")
     assert not (tmp_path / "out").exists()
