@@ -7,8 +7,12 @@ our parameter names (splitting the decoder's packed q/k/v projections), checks t
 consumed and every shape fits, and writes one of our checkpoint folders. The imported model sets
 `value_from_key` because the original encoder computed its attention values with `to_k`.
 
-Beyond DESIGN §10 the original `config.json` may carry `image_size` (default 224) and, for tests
-and custom trunks, `backbone_layers` / `backbone_width` (default RN50: [3, 4, 6, 3] and 64).
+Every key of their `config.json` is honoured or refused (`model_config_from_original`): the
+architecture keys, including the decoder switches `learnable`, `tie_embeddings` and `prenorm`, set
+our ModelConfig; `fine_tune`, `s-transformers`, `s-threshold` and `fna` are read only by their
+train.py / eval.py and are recorded, not used. Beyond their keys the file may carry `image_size`
+(default 224) and, for tests and custom trunks, `backbone_layers` / `backbone_width` (default
+RN50: [3, 4, 6, 3] and 64). Any other key is an error.
 """
 
 from __future__ import annotations
@@ -37,8 +41,20 @@ TRUNK_CHILDREN = ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3"
                   "layer1", "layer2", "layer3", "layer4")
 SUPPORTED_BACKBONES = {"RN50": ((3, 4, 6, 3), 64)}  # name -> (layers, width)
 ARCH_INT_KEYS = ("d_model", "max_len", "encoder_layers", "decoder_layers", "num_heads", "h_dim", "a_dim")
-OPTIONAL_KEYS = ("dropout", "image_size", "backbone_layers", "backbone_width")
-PE_KEY = "decoder.position_encoding.pe"
+# The original decoder's switches -> (our ModelConfig field, the original ICCModel's default).
+ARCH_BOOL_KEYS = {"learnable": ("learned_positions", False), "tie_embeddings": ("tie_embeddings", True),
+                  "prenorm": ("prenorm", False)}
+# Keys only their train.py / eval.py read, with what they do there (none reaches the forward pass).
+TRAINING_ONLY_KEYS = {
+    "fine_tune": "which trunk stages train",
+    "s-transformers": "the sentence model that finds false negatives and eval's relevant pairs",
+    "s-threshold": "the sentence similarity of a false negative",
+    "fna": "false-negative attraction in InfoNCE",
+}
+EXTENSION_KEYS = ("image_size", "backbone_layers", "backbone_width")  # ours, not in their file
+KNOWN_KEYS = ("backbone", *ARCH_INT_KEYS, "dropout", *ARCH_BOOL_KEYS, *TRAINING_ONLY_KEYS, *EXTENSION_KEYS)
+PE_KEY = "decoder.position_encoding.pe"  # their sin/cos buffer (learnable: false)
+POS_EMB_KEY = "decoder.position_encoding.pos_emb.weight"  # their learned positions (learnable: true)
 EMBED_KEY, HEAD_KEY = "decoder.tokens_embed.weight", "decoder.lm_head.weight"
 SHOW = 5  # keys listed per kind of problem in an error message
 # Ids 0-3 as the original's utils.get_{levir,dubai,clevr}_vocabulary write them; ours are SPECIAL_TOKENS.
@@ -55,6 +71,8 @@ _PREFIXES = (
     ("encoder.pool.query", "encoder.img_queries"),
     ("encoder.pool.", "encoder.att_pool."),
     ("decoder.tokens_embed.", "decoder.tokens_embed."),
+    ("decoder.head.", "decoder.lm_head."),  # untied head only
+    ("decoder.pe", POS_EMB_KEY),  # learned positions only (else a buffer, not in our state dict)
 )
 _TRUNK = re.compile(r"^encoder\.trunk\.net\.(\w+?)\.(.+)$")
 _BLOCK = re.compile(r"^encoder\.t([12])\.(\d+)\.(.+)$")
@@ -123,11 +141,18 @@ def convert_state_dict(original: dict[str, Tensor], cfg: ModelConfig) -> dict[st
     embed = state.get(EMBED_KEY, state.get(HEAD_KEY))
     if embed is None:
         raise CheckpointError(f"missing {EMBED_KEY}: not an original RSICRC state dict")
-    if EMBED_KEY in state and HEAD_KEY in state:
-        if not torch.equal(state[EMBED_KEY], state[HEAD_KEY]):
-            raise CheckpointError(f"{HEAD_KEY} differs from {EMBED_KEY}; the original ties them")
-    state.pop(HEAD_KEY, None)
-    state[EMBED_KEY] = embed
+    if cfg.tie_embeddings:
+        if EMBED_KEY in state and HEAD_KEY in state and not torch.equal(state[EMBED_KEY], state[HEAD_KEY]):
+            raise CheckpointError(f"{HEAD_KEY} differs from {EMBED_KEY} but config.json has tie_embeddings: "
+                                  f"true; set it to false if the model was trained untied")
+        state.pop(HEAD_KEY, None)
+        state[EMBED_KEY] = embed
+    if cfg.learned_positions and PE_KEY in state:
+        raise CheckpointError(f"the weights hold the sin/cos table {PE_KEY} but config.json has learnable: "
+                              f"true; set it to false")
+    if not cfg.learned_positions and POS_EMB_KEY in state:
+        raise CheckpointError(f"the weights hold learned positions {POS_EMB_KEY} but config.json has "
+                              f"learnable: false; set it to true")
     pe = state.pop(PE_KEY, None)  # a buffer we regenerate: checked, not copied
 
     ours = expected_shapes(cfg, int(embed.shape[0]))
@@ -171,18 +196,32 @@ def _int(data: dict[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _bool(data: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, got {json.dumps(value)}")
+    return value
+
+
 def model_config_from_original(data: Any, where: str = "config.json") -> tuple[ModelConfig, list[str]]:
-    """The original flat config.json -> our ModelConfig (value_from_key on) and the ignored keys."""
+    """The original flat config.json -> our ModelConfig (value_from_key on) and the training-only
+    keys it holds (recorded, not used). Unknown keys and unsupported values are a ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
+    unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; the original config.json keys are "
+                          f"{', '.join(k for k in KNOWN_KEYS if k not in EXTENSION_KEYS)} "
+                          f"(and ours: {', '.join(EXTENSION_KEYS)})")
     missing = [k for k in ("backbone", *ARCH_INT_KEYS) if k not in data]
     if missing:
         raise ConfigError(f"{where}: missing architecture key(s) {', '.join(missing)}; "
                           f"needed: backbone, {', '.join(ARCH_INT_KEYS)}")
     backbone = data["backbone"]
     if not isinstance(backbone, str) or backbone not in SUPPORTED_BACKBONES:
-        raise ConfigError(f"{where}: unsupported backbone {backbone!r}; supported: "
-                          f"{', '.join(SUPPORTED_BACKBONES)}")
+        raise ConfigError(f"{where}: backbone {json.dumps(backbone)} is not supported (valid: "
+                          f"{', '.join(SUPPORTED_BACKBONES)}; the original's ViT and torchvision trunks have "
+                          f"no counterpart here)")
     layers, width = SUPPORTED_BACKBONES[backbone]
     if "backbone_layers" in data:
         raw = data["backbone_layers"]
@@ -196,16 +235,18 @@ def model_config_from_original(data: Any, where: str = "config.json") -> tuple[M
     if isinstance(dropout, bool) or not isinstance(dropout, int | float):
         raise ConfigError(f"{where}: dropout must be a number, got {dropout!r}")
     ints = {k: _int(data, k, where) for k in ARCH_INT_KEYS}
+    switches = {field: _bool(data, key, default, where) for key, (field, default) in ARCH_BOOL_KEYS.items()}
     image_size = _int(data, "image_size", where) if "image_size" in data else 224
+    # frozen_stages 2 (stem and layer1) is what their fine_tune: true trains; fine_tune: false froze
+    # the whole trunk, which only matters to further training.
     cfg = ModelConfig(name=f"imported-{backbone.lower()}",
                       backbone=BackboneConfig(layers=layers, width=width, frozen_stages=2),  # type: ignore[arg-type]
-                      dropout=float(dropout), image_size=image_size, value_from_key=True, **ints)
-    ignored = sorted(set(data) - {"backbone", *ARCH_INT_KEYS, *OPTIONAL_KEYS})
-    return cfg.validate(), ignored
+                      dropout=float(dropout), image_size=image_size, value_from_key=True, **ints, **switches)
+    return cfg.validate(), [k for k in TRAINING_ONLY_KEYS if k in data]
 
 
 def read_original_config(path: Path) -> tuple[ModelConfig, dict[str, Any], list[str]]:
-    """Read the original config.json -> (our ModelConfig, the raw JSON, ignored keys)."""
+    """Read the original config.json -> (our ModelConfig, the raw JSON, training-only keys)."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
@@ -322,9 +363,10 @@ def import_original(weights: Path, config: Path, vocab: Path, out: Path) -> Path
 
     weights, out = Path(weights), Path(out)
     _check_out(out)
-    cfg, raw_config, ignored = read_original_config(Path(config))
-    if ignored:
-        log.info("original config: ignored non-architecture keys %s", ", ".join(ignored))
+    cfg, raw_config, training_only = read_original_config(Path(config))
+    if training_only:
+        log.info("original config: %s only affect training (%s); recorded in training.json, not used",
+                 ", ".join(training_only), "; ".join(f"{k}: {TRAINING_ONLY_KEYS[k]}" for k in training_only))
     words = read_original_vocab(Path(vocab))
     converted = convert_state_dict(load_original_state_dict(weights), cfg)
     rows = converted[EMBED_KEY].shape[0]
@@ -338,7 +380,7 @@ def import_original(weights: Path, config: Path, vocab: Path, out: Path) -> Path
     model.load_state_dict(converted, strict=True, assign=True)
     meta = {"imported_from": {"weights": str(weights.resolve()), "config": str(Path(config).resolve()),
                               "vocab": str(Path(vocab).resolve())},
-            "original_config": raw_config, "ignored_config_keys": ignored,
+            "original_config": raw_config, "training_only_config_keys": training_only,
             "note": "original RSICRC research-code weights; value_from_key reproduces its encoder"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
