@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from rsicrc.import_original import (
     original_key,
     read_original_vocab,
 )
-from rsicrc.vocab import END, SPECIAL_TOKENS, START
+from rsicrc.vocab import END, PAD, SPECIAL_TOKENS, START, UNK
 
 # The original repository's config.json, byte for byte.
 AUTHORS_CONFIG = """{
@@ -429,6 +430,11 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Original:
 
 
 @pytest.fixture(scope="module")
+def variant(tmp_path_factory: pytest.TempPathFactory) -> Original:
+    return make_original(tmp_path_factory.mktemp("variant"), VARIANT)
+
+
+@pytest.fixture(scope="module")
 def small_ckpt(small: Original, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return import_original(small.weights, small.config, small.vocab, tmp_path_factory.mktemp("c") / "ckpt")
 
@@ -469,6 +475,14 @@ def test_small_import_matches_the_original_model(small: Original, small_ckpt: Pa
     assert ckpt.model.cfg.value_from_key and ckpt.model.encoder.proj is not None
     assert ckpt.vocab.words == OUR_WORDS and OUR_WORDS[:7] != (*SPECIAL_TOKENS, *WORDS[:3])
     assert_parity(small.ref, ckpt.model, SMALL["image_size"], len(ckpt.vocab))
+
+
+def test_variant_import_matches_the_original_model(variant: Original, tmp_path: Path) -> None:
+    """prenorm, learnable and untied head: the original's other decoder, imported as such."""
+    ckpt = load_checkpoint(import_original(variant.weights, variant.config, variant.vocab, tmp_path / "c"))
+    cfg = ckpt.model.cfg
+    assert (cfg.prenorm, cfg.learned_positions, cfg.tie_embeddings) == (True, True, False)
+    assert_parity(variant.ref, ckpt.model, VARIANT["image_size"], len(ckpt.vocab))
 
 
 def test_the_value_quirk_matters(small: Original, small_ckpt: Path) -> None:
@@ -553,6 +567,52 @@ def test_imported_model_exports_to_onnx(small: Original, small_ckpt: Path, tmp_p
         ["text_embedding"], {"input_ids": tokens.numpy(), "attention_mask": mask.numpy()})[0]
     close(torch.from_numpy(visual), want_visual, tol=1e-4)
     close(torch.from_numpy(text), want_text, tol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["authors", "variant"])
+def test_cli_round_trip_captions_like_the_original(which: str, small: Original, variant: Original,
+                                                   tmp_path: Path) -> None:
+    """Their files as they are -> rsicrc import-original -> rsicrc export -> rsicrc caption (the
+    torch-free runtime, greedy): the reference's greedy tokens, spelled with the file's words."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from PIL import Image
+
+    from rsicrc.cli.main import app
+    from rsicrc.runtime.preprocess import PreprocessSpec, preprocess_batch
+
+    original = small if which == "authors" else variant
+    runner = CliRunner()
+
+    def run(*args: Any) -> str:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    ckpt, model = tmp_path / "ckpt", tmp_path / "model"
+    run("import-original", original.weights, "--config", original.config, "--vocab", original.vocab,
+        "--out", ckpt)
+    run("export", ckpt, "--out", model, "--quiet")
+    spec = PreprocessSpec.from_dict(json.loads((model / "manifest.json").read_text())["preprocess"])
+    images = np.random.default_rng(5).integers(0, 256, (2, 2, 96, 96, 3), dtype=np.uint8)  # pair, side
+    got, captions = [], []
+    for k in range(2):
+        paths = [tmp_path / f"{k}{side}.png" for side in "AB"]
+        for path, image in zip(paths, images[k], strict=True):
+            Image.fromarray(image).save(path)
+        doc = json.loads(run("caption", *paths, "--model", model, "--json", "--beam", "1", "--device", "cpu",
+                             "--precision", "fp32"))
+        got.append(doc["tokens"])
+        captions.append(doc["caption"])
+    before, after = (torch.from_numpy(preprocess_batch(list(images[:, side]), spec)) for side in (0, 1))
+    want = original.ref.greedy(before, after)
+    assert got == want, (got, want)
+    # Their inverse vocabulary spells every id; ours skips PAD and START (random weights emit them,
+    # trained ones do not: neither is ever a target) and writes UNK as <UNK>.
+    words = {i: w for w, i in json.loads(original.vocab.read_text()).items()} | {UNK: "<UNK>"}
+    assert captions == [" ".join(words[t] for t in tokens if t not in (PAD, START)) for tokens in want]
+    assert want[0] != want[1] and any(len(set(c)) > 2 for c in want)  # captions that can tell
 
 
 # ----------------------------------------------------------------------------- state-dict variants
