@@ -253,8 +253,8 @@ def read_original_config(path: Path) -> tuple[ModelConfig, dict[str, Any], list[
         raise ConfigError(f"cannot read original config {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
-    cfg, ignored = model_config_from_original(data, str(path))
-    return cfg, data, ignored
+    cfg, training_only = model_config_from_original(data, str(path))
+    return cfg, data, training_only
 
 
 class _Pairs(list):  # type: ignore[type-arg]
