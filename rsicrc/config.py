@@ -48,6 +48,11 @@ class ModelConfig:
     max_len: int  # token positions incl. START and END; self-attention cache capacity
     image_size: int = 224  # input side; the trunk's grid is image_size / 32
     value_from_key: bool = False  # original code's quirk: encoder V computed with to_k (DESIGN §10)
+    # Variants of the original research code's decoder (its config.json `prenorm`, `learnable`,
+    # `tie_embeddings`); the defaults are the paper's, so older checkpoints read unchanged.
+    prenorm: bool = False  # decoder layers normalise each sub-block's input, not the residual sum
+    learned_positions: bool = False  # a learned [max_len, C] position table instead of sin/cos
+    tie_embeddings: bool = True  # LM head = token embedding; else its own bias-free [V, C] head
 
     @property
     def grid(self) -> int:

@@ -1,13 +1,18 @@
 """Import checkpoints trained with the original RSICRC research code (DESIGN §10).
 
 The original code saves a plain state dict (`model_best.pt` / `pytorch_model.bin`) next to a
-flat `config.json` and a `levir_vocab.json`. This module reads the three, maps every tensor onto
+flat `config.json` and a `levir_vocab.json` (`read_original_vocab` reads it as their code
+writes it). This module reads the three, maps every tensor onto
 our parameter names (splitting the decoder's packed q/k/v projections), checks that every key is
 consumed and every shape fits, and writes one of our checkpoint folders. The imported model sets
 `value_from_key` because the original encoder computed its attention values with `to_k`.
 
-Beyond DESIGN §10 the original `config.json` may carry `image_size` (default 224) and, for tests
-and custom trunks, `backbone_layers` / `backbone_width` (default RN50: [3, 4, 6, 3] and 64).
+Every key of their `config.json` is honoured or refused (`model_config_from_original`): the
+architecture keys, including the decoder switches `learnable`, `tie_embeddings` and `prenorm`, set
+our ModelConfig; `fine_tune`, `s-transformers`, `s-threshold` and `fna` are read only by their
+train.py / eval.py and are recorded, not used. Beyond their keys the file may carry `image_size`
+(default 224) and, for tests and custom trunks, `backbone_layers` / `backbone_width` (default
+RN50: [3, 4, 6, 3] and 64). Any other key is an error.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,8 @@ import torch
 from torch import Tensor
 
 from rsicrc.config import BackboneConfig, Config, ModelConfig
-from rsicrc.errors import CheckpointError, ConfigError
-from rsicrc.vocab import Vocabulary
+from rsicrc.errors import CheckpointError, ConfigError, VocabularyError
+from rsicrc.vocab import SPECIAL_TOKENS, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +41,24 @@ TRUNK_CHILDREN = ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3"
                   "layer1", "layer2", "layer3", "layer4")
 SUPPORTED_BACKBONES = {"RN50": ((3, 4, 6, 3), 64)}  # name -> (layers, width)
 ARCH_INT_KEYS = ("d_model", "max_len", "encoder_layers", "decoder_layers", "num_heads", "h_dim", "a_dim")
-OPTIONAL_KEYS = ("dropout", "image_size", "backbone_layers", "backbone_width")
-PE_KEY = "decoder.position_encoding.pe"
+# The original decoder's switches -> (our ModelConfig field, the original ICCModel's default).
+ARCH_BOOL_KEYS = {"learnable": ("learned_positions", False), "tie_embeddings": ("tie_embeddings", True),
+                  "prenorm": ("prenorm", False)}
+# Keys only their train.py / eval.py read, with what they do there (none reaches the forward pass).
+TRAINING_ONLY_KEYS = {
+    "fine_tune": "which trunk stages train",
+    "s-transformers": "the sentence model that finds false negatives and eval's relevant pairs",
+    "s-threshold": "the sentence similarity of a false negative",
+    "fna": "false-negative attraction in InfoNCE",
+}
+EXTENSION_KEYS = ("image_size", "backbone_layers", "backbone_width")  # ours, not in their file
+KNOWN_KEYS = ("backbone", *ARCH_INT_KEYS, "dropout", *ARCH_BOOL_KEYS, *TRAINING_ONLY_KEYS, *EXTENSION_KEYS)
+PE_KEY = "decoder.position_encoding.pe"  # their sin/cos buffer (learnable: false)
+POS_EMB_KEY = "decoder.position_encoding.pos_emb.weight"  # their learned positions (learnable: true)
 EMBED_KEY, HEAD_KEY = "decoder.tokens_embed.weight", "decoder.lm_head.weight"
 SHOW = 5  # keys listed per kind of problem in an error message
+# Ids 0-3 as the original's utils.get_{levir,dubai,clevr}_vocabulary write them; ours are SPECIAL_TOKENS.
+ORIGINAL_SPECIALS = ("PAD", "START", "UNK", "END")
 
 # Our name prefix -> the original's, first match wins (blocks and layers are handled by regex).
 _PREFIXES = (
@@ -51,6 +71,8 @@ _PREFIXES = (
     ("encoder.pool.query", "encoder.img_queries"),
     ("encoder.pool.", "encoder.att_pool."),
     ("decoder.tokens_embed.", "decoder.tokens_embed."),
+    ("decoder.head.", "decoder.lm_head."),  # untied head only
+    ("decoder.pe", POS_EMB_KEY),  # learned positions only (else a buffer, not in our state dict)
 )
 _TRUNK = re.compile(r"^encoder\.trunk\.net\.(\w+?)\.(.+)$")
 _BLOCK = re.compile(r"^encoder\.t([12])\.(\d+)\.(.+)$")
@@ -119,11 +141,18 @@ def convert_state_dict(original: dict[str, Tensor], cfg: ModelConfig) -> dict[st
     embed = state.get(EMBED_KEY, state.get(HEAD_KEY))
     if embed is None:
         raise CheckpointError(f"missing {EMBED_KEY}: not an original RSICRC state dict")
-    if EMBED_KEY in state and HEAD_KEY in state:
-        if not torch.equal(state[EMBED_KEY], state[HEAD_KEY]):
-            raise CheckpointError(f"{HEAD_KEY} differs from {EMBED_KEY}; the original ties them")
-    state.pop(HEAD_KEY, None)
-    state[EMBED_KEY] = embed
+    if cfg.tie_embeddings:
+        if EMBED_KEY in state and HEAD_KEY in state and not torch.equal(state[EMBED_KEY], state[HEAD_KEY]):
+            raise CheckpointError(f"{HEAD_KEY} differs from {EMBED_KEY} but config.json has tie_embeddings: "
+                                  f"true; set it to false if the model was trained untied")
+        state.pop(HEAD_KEY, None)
+        state[EMBED_KEY] = embed
+    if cfg.learned_positions and PE_KEY in state:
+        raise CheckpointError(f"the weights hold the sin/cos table {PE_KEY} but config.json has learnable: "
+                              f"true; set it to false")
+    if not cfg.learned_positions and POS_EMB_KEY in state:
+        raise CheckpointError(f"the weights hold learned positions {POS_EMB_KEY} but config.json has "
+                              f"learnable: false; set it to true")
     pe = state.pop(PE_KEY, None)  # a buffer we regenerate: checked, not copied
 
     ours = expected_shapes(cfg, int(embed.shape[0]))
@@ -167,18 +196,32 @@ def _int(data: dict[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _bool(data: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, got {json.dumps(value)}")
+    return value
+
+
 def model_config_from_original(data: Any, where: str = "config.json") -> tuple[ModelConfig, list[str]]:
-    """The original flat config.json -> our ModelConfig (value_from_key on) and the ignored keys."""
+    """The original flat config.json -> our ModelConfig (value_from_key on) and the training-only
+    keys it holds (recorded, not used). Unknown keys and unsupported values are a ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object")
+    unknown = sorted(str(k) for k in data if k not in KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; the original config.json keys are "
+                          f"{', '.join(k for k in KNOWN_KEYS if k not in EXTENSION_KEYS)} "
+                          f"(and ours: {', '.join(EXTENSION_KEYS)})")
     missing = [k for k in ("backbone", *ARCH_INT_KEYS) if k not in data]
     if missing:
         raise ConfigError(f"{where}: missing architecture key(s) {', '.join(missing)}; "
                           f"needed: backbone, {', '.join(ARCH_INT_KEYS)}")
     backbone = data["backbone"]
     if not isinstance(backbone, str) or backbone not in SUPPORTED_BACKBONES:
-        raise ConfigError(f"{where}: unsupported backbone {backbone!r}; supported: "
-                          f"{', '.join(SUPPORTED_BACKBONES)}")
+        raise ConfigError(f"{where}: backbone {json.dumps(backbone)} is not supported (valid: "
+                          f"{', '.join(SUPPORTED_BACKBONES)}; the original's ViT and torchvision trunks have "
+                          f"no counterpart here)")
     layers, width = SUPPORTED_BACKBONES[backbone]
     if "backbone_layers" in data:
         raw = data["backbone_layers"]
@@ -192,24 +235,90 @@ def model_config_from_original(data: Any, where: str = "config.json") -> tuple[M
     if isinstance(dropout, bool) or not isinstance(dropout, int | float):
         raise ConfigError(f"{where}: dropout must be a number, got {dropout!r}")
     ints = {k: _int(data, k, where) for k in ARCH_INT_KEYS}
+    switches = {field: _bool(data, key, default, where) for key, (field, default) in ARCH_BOOL_KEYS.items()}
     image_size = _int(data, "image_size", where) if "image_size" in data else 224
+    # frozen_stages 2 (stem and layer1) is what their fine_tune: true trains; fine_tune: false froze
+    # the whole trunk, which only matters to further training.
     cfg = ModelConfig(name=f"imported-{backbone.lower()}",
                       backbone=BackboneConfig(layers=layers, width=width, frozen_stages=2),  # type: ignore[arg-type]
-                      dropout=float(dropout), image_size=image_size, value_from_key=True, **ints)
-    ignored = sorted(set(data) - {"backbone", *ARCH_INT_KEYS, *OPTIONAL_KEYS})
-    return cfg.validate(), ignored
+                      dropout=float(dropout), image_size=image_size, value_from_key=True, **ints, **switches)
+    return cfg.validate(), [k for k in TRAINING_ONLY_KEYS if k in data]
 
 
 def read_original_config(path: Path) -> tuple[ModelConfig, dict[str, Any], list[str]]:
-    """Read the original config.json -> (our ModelConfig, the raw JSON, ignored keys)."""
+    """Read the original config.json -> (our ModelConfig, the raw JSON, training-only keys)."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
         raise ConfigError(f"cannot read original config {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
-    cfg, ignored = model_config_from_original(data, str(path))
-    return cfg, data, ignored
+    cfg, training_only = model_config_from_original(data, str(path))
+    return cfg, data, training_only
+
+
+class _Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs, so that a word written twice stays visible."""
+
+
+def _shown(items: list[str]) -> str:
+    return ", ".join(items[:SHOW]) + (", ..." if len(items) > SHOW else "")
+
+
+def read_original_vocab(path: Path) -> Vocabulary:
+    """The original {word: id} vocabulary file -> our Vocabulary with the file's ids kept.
+
+    Their get_levir_vocabulary / get_dubai_vocabulary (and get_clevr_vocabulary) all write the
+    kept words first, ids from 4 in value_counts() order, then PAD 0, START 1, UNK 2, END 3. Key
+    order is free; the specials may also be spelled as ours (<NULL>, <START>, <UNK>, <END>) and
+    are renamed to ours. Anything else wrong is one CheckpointError naming it.
+    """
+    where = f"vocabulary {path}"
+    try:
+        raw = json.loads(Path(path).read_text(), object_pairs_hook=_Pairs)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {where}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where}: invalid JSON ({e})") from None
+    if not isinstance(raw, _Pairs):
+        raise CheckpointError(f"{where}: expected a JSON object {{word: id}}, got {type(raw).__name__}")
+    twice = sorted(w for w, n in Counter(w for w, _ in raw).items() if n > 1)
+    if twice:
+        raise CheckpointError(f"{where}: word(s) written more than once: {_shown(twice)}")
+    mapping: dict[str, int] = dict(raw)
+    bad = [f"{w!r}: {i!r}" for w, i in mapping.items() if isinstance(i, bool) or not isinstance(i, int)]
+    if bad:
+        raise CheckpointError(f"{where}: ids must be integers; got {_shown(bad)}")
+    problems, rename = [], {}
+    for want, (theirs, ours) in enumerate(zip(ORIGINAL_SPECIALS, SPECIAL_TOKENS, strict=True)):
+        present = [name for name in (theirs, ours) if name in mapping]
+        if not present:
+            problems.append(f"{theirs} (or {ours}) is missing")
+        elif len(present) == 2:
+            problems.append(f"both {theirs} and {ours} are present")
+        elif mapping[present[0]] != want:
+            problems.append(f"{present[0]} has id {mapping[present[0]]}, expected {want}")
+        else:
+            rename[present[0]] = ours
+    if problems:
+        raise CheckpointError(f"{where}: special tokens must be PAD 0, START 1, UNK 2, END 3 (or <NULL>, "
+                              f"<START>, <UNK>, <END>): {'; '.join(problems)}")
+    by_id: dict[int, list[str]] = {}
+    for word, i in mapping.items():
+        by_id.setdefault(i, []).append(word)
+    shared = [f"id {i} ({', '.join(repr(w) for w in ws)})" for i, ws in sorted(by_id.items()) if len(ws) > 1]
+    if shared:
+        raise CheckpointError(f"{where}: duplicate ids: {_shown(shared)}")
+    n = len(mapping)
+    gaps = [str(i) for i in range(n) if i not in by_id]
+    if gaps:
+        outside = [str(i) for i in sorted(by_id) if not 0 <= i < n]
+        raise CheckpointError(f"{where}: ids must run 0..{n - 1} without gaps; missing {_shown(gaps)}; "
+                              f"out of range {_shown(outside)}")
+    try:
+        return Vocabulary(tuple(rename.get(by_id[i][0], by_id[i][0]) for i in range(n)))
+    except VocabularyError as e:
+        raise CheckpointError(f"{where}: {e}") from None
 
 
 def load_original_state_dict(path: Path) -> dict[str, Tensor]:
@@ -254,10 +363,11 @@ def import_original(weights: Path, config: Path, vocab: Path, out: Path) -> Path
 
     weights, out = Path(weights), Path(out)
     _check_out(out)
-    cfg, raw_config, ignored = read_original_config(Path(config))
-    if ignored:
-        log.info("original config: ignored non-architecture keys %s", ", ".join(ignored))
-    words = Vocabulary.load(Path(vocab))
+    cfg, raw_config, training_only = read_original_config(Path(config))
+    if training_only:
+        log.info("original config: %s only affect training (%s); recorded in training.json, not used",
+                 ", ".join(training_only), "; ".join(f"{k}: {TRAINING_ONLY_KEYS[k]}" for k in training_only))
+    words = read_original_vocab(Path(vocab))
     converted = convert_state_dict(load_original_state_dict(weights), cfg)
     rows = converted[EMBED_KEY].shape[0]
     if rows != len(words):
@@ -270,7 +380,7 @@ def import_original(weights: Path, config: Path, vocab: Path, out: Path) -> Path
     model.load_state_dict(converted, strict=True, assign=True)
     meta = {"imported_from": {"weights": str(weights.resolve()), "config": str(Path(config).resolve()),
                               "vocab": str(Path(vocab).resolve())},
-            "original_config": raw_config, "ignored_config_keys": ignored,
+            "original_config": raw_config, "training_only_config_keys": training_only,
             "note": "original RSICRC research-code weights; value_from_key reproduces its encoder"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))

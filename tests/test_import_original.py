@@ -3,19 +3,25 @@
 The reference below re-implements the ORIGINAL model from DESIGN §3/§10 in the original
 layout: a Sequential-numbered trunk, sequence-first nn.MultiheadAttention for the attention
 pool and the decoder ([hw, B, C] memory), the [h_embedding[j], w_embedding[i]] position order,
-V = to_k(x) in the bi-temporal encoder, post-norm blocks, a tied LM head and a `pe` buffer.
-Its random weights are saved like the original's; after import our model must reproduce its
-embeddings, logits and greedy captions.
+V = to_k(x) in the bi-temporal encoder, and the decoder switches of its config.json: post-norm
+or `prenorm` layers, a tied or untied LM head (`tie_embeddings`), a [1, max_len, C] `pe` buffer
+or learned positions (`learnable`). Its random weights are saved like the original's, beside
+its config.json and levir_vocab.json as their code writes them; after import our model must
+reproduce its embeddings, logits and greedy captions, and so must the exported model folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,25 +34,60 @@ from rsicrc.errors import CheckpointError, ConfigError
 from rsicrc.import_original import (
     HEAD_KEY,
     PE_KEY,
+    POS_EMB_KEY,
     convert_state_dict,
     expected_shapes,
     import_original,
     load_original_state_dict,
     model_config_from_original,
     original_key,
+    read_original_vocab,
 )
-from rsicrc.vocab import END, SPECIAL_TOKENS, START
+from rsicrc.vocab import END, PAD, SPECIAL_TOKENS, START, UNK
 
-SMALL = {  # d_model 64 != 32 * 8 = 256 trunk channels: the 1x1 projection is covered
-    "backbone": "RN50", "backbone_layers": [1, 1, 1, 1], "backbone_width": 8, "image_size": 96,
+# The original repository's config.json, byte for byte.
+AUTHORS_CONFIG = """{
+  "backbone": "RN50",
+  "d_model": 2048,
+  "max_len": 41,
+  "encoder_layers": 3,
+  "decoder_layers": 1,
+  "num_heads": 8,
+  "h_dim": 512,
+  "a_dim": 2048,
+  "dropout": 0.1,
+  "learnable": false,
+  "fine_tune": true,
+  "tie_embeddings": true,
+  "prenorm": false,
+  "s-transformers": "sentence-transformers/msmarco-distilbert-cos-v5",
+  "s-threshold": 1.0,
+  "fna": true
+}"""
+PAPER = json.loads(AUTHORS_CONFIG)
+TRAINING_ONLY = ["fine_tune", "s-transformers", "s-threshold", "fna"]
+SMALL = {  # their keys at test size, plus ours for a small trunk and input
+    **PAPER, "backbone_layers": [1, 1, 1, 1], "backbone_width": 8, "image_size": 96,
     "d_model": 64, "max_len": 12, "encoder_layers": 2, "decoder_layers": 2, "num_heads": 4,
-    "h_dim": 48, "a_dim": 32, "dropout": 0.1,
-    "lr": 1e-4, "batch_size": 4, "epochs": 50, "s_threshold": 1.0, "fna": True,  # ignored keys
+    "h_dim": 48, "a_dim": 32,  # d_model 64 != 32 * 8 = 256 trunk channels: the 1x1 projection is covered
 }
-PAPER = {"backbone": "RN50", "d_model": 2048, "max_len": 41, "encoder_layers": 3, "decoder_layers": 1,
-         "num_heads": 8, "h_dim": 512, "a_dim": 2048, "dropout": 0.1, "lr": 1e-4}
+SWITCHES = ("prenorm", "learnable", "tie_embeddings")  # their decoder's variants
+VARIANT = {**SMALL, "prenorm": True, "learnable": True, "tie_embeddings": False}  # the other decoder
 WORDS = ["the", "a", "house", "road", "built", "scene", "is", "same", "as", "before", "trees",
          "removed", "two", "houses", "are", "at", "top", "of", "no", "change"]
+
+
+def authors_vocab(words: list[str]) -> dict[str, int]:
+    """levir_vocab.json as the original get_levir_vocabulary writes it: the words by descending
+    count (pandas value_counts order) with ids from 4, then PAD 0, START 1, UNK 2, END 3 last."""
+    tokens = [w for k, w in enumerate(words) for _ in range(6 + (k * 7) % 11)]  # every count > 5
+    vocab = {w: i + 4 for i, (w, _) in enumerate(Counter(tokens).most_common())}
+    vocab.update(PAD=0, START=1, UNK=2, END=3)
+    return vocab
+
+
+VOCAB = authors_vocab(WORDS)
+OUR_WORDS = (*SPECIAL_TOKENS, *sorted(WORDS, key=VOCAB.__getitem__))  # ours, by the file's ids
 
 
 # ----------------------------------------------------------------------------- reference model
@@ -179,19 +220,29 @@ class RefEncoder(nn.Module):
 
 
 class RefPositionalEncoding(nn.Module):
-    def __init__(self, width: int, length: int) -> None:
+    def __init__(self, width: int, length: int, learnable: bool = False) -> None:
         super().__init__()
+        self.learnable = learnable
+        if learnable:
+            self.pos_emb = nn.Embedding(length, width)
+            return
         position = torch.arange(length).unsqueeze(1).float()
         div = torch.exp(torch.arange(0, width, 2).float() * (-math.log(10000.0) / width))
-        pe = torch.zeros(length, 1, width)
-        pe[:, 0, 0::2] = torch.sin(position * div)
-        pe[:, 0, 1::2] = torch.cos(position * div)
-        self.register_buffer("pe", pe)  # [L, 1, C], saved in the state dict
+        pe = torch.zeros(1, length, width)
+        pe[0, :, 0::2] = torch.sin(position * div)
+        pe[0, :, 1::2] = torch.cos(position * div)
+        self.register_buffer("pe", pe)  # [1, L, C], saved in the state dict
+
+    def positions(self, n: int) -> Tensor:
+        """The first n positions, sequence-first: [n, 1, C]."""
+        table = self.pos_emb.weight if self.learnable else self.pe[0]  # [L, C]
+        return table[:n].unsqueeze(1)
 
 
 class RefDecoderLayer(nn.Module):
-    def __init__(self, c: int, heads: int, cross: bool) -> None:
+    def __init__(self, c: int, heads: int, cross: bool, prenorm: bool) -> None:
         super().__init__()
+        self.prenorm = prenorm
         self.self_attn = nn.MultiheadAttention(c, heads, dropout=0.1)
         self.sa_norm = nn.LayerNorm(c)
         if cross:
@@ -205,10 +256,20 @@ class RefDecoderLayer(nn.Module):
         """x [L, B, C], memory [hw, B, C]."""
         n = x.shape[0]
         causal = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)  # True = masked
+
+        def ff(h: Tensor) -> Tensor:
+            return self.ff_linear2(F.gelu(self.ff_linear1(h)))
+
+        if self.prenorm:
+            h = self.sa_norm(x)
+            x = x + self.self_attn(h, h, h, attn_mask=causal)[0]
+            if memory is not None:
+                x = x + self.cross_attn(self.mha_norm(x), memory, memory)[0]
+            return x + ff(self.ff_norm(x))
         x = self.sa_norm(x + self.self_attn(x, x, x, attn_mask=causal)[0])
         if memory is not None:
             x = self.mha_norm(x + self.cross_attn(x, memory, memory)[0])
-        return self.ff_norm(x + self.ff_linear2(F.gelu(self.ff_linear1(x))))
+        return self.ff_norm(x + ff(x))
 
 
 class RefDecoder(nn.Module):
@@ -218,15 +279,19 @@ class RefDecoder(nn.Module):
         self.tokens_embed = nn.Embedding(vocab_size, c)
         nn.init.uniform_(self.tokens_embed.weight, -0.1, 0.1)  # as the original initialised it
         self.lm_head = nn.Linear(c, vocab_size, bias=False)
-        self.lm_head.weight = self.tokens_embed.weight  # tied: both keys in the state dict
-        self.position_encoding = RefPositionalEncoding(c, cfg["max_len"] + 9)  # longer than used
-        self.uni_decoder = nn.ModuleList(RefDecoderLayer(c, heads, False)
+        if cfg["tie_embeddings"]:
+            self.lm_head.weight = self.tokens_embed.weight  # tied: both keys in the state dict
+        else:
+            nn.init.uniform_(self.lm_head.weight, -0.1, 0.1)
+        self.position_encoding = RefPositionalEncoding(c, cfg["max_len"], cfg["learnable"])
+        prenorm = cfg["prenorm"]
+        self.uni_decoder = nn.ModuleList(RefDecoderLayer(c, heads, False, prenorm)
                                          for _ in range(cfg["decoder_layers"]))
-        self.cross_decoder = nn.ModuleList(RefDecoderLayer(c, heads, True)
+        self.cross_decoder = nn.ModuleList(RefDecoderLayer(c, heads, True, prenorm)
                                            for _ in range(cfg["decoder_layers"]))
 
     def unimodal(self, tokens: Tensor) -> Tensor:
-        x = self.tokens_embed(tokens).transpose(0, 1) + self.position_encoding.pe[: tokens.shape[1]]
+        x = self.tokens_embed(tokens).transpose(0, 1) + self.position_encoding.positions(tokens.shape[1])
         for layer in self.uni_decoder:
             x = layer(x)
         return x  # [L, B, C]
@@ -250,7 +315,9 @@ class RefRSICRC(nn.Module):
 
     @torch.no_grad()
     def greedy(self, before: Tensor, after: Tensor) -> list[list[int]]:
-        """The original loop: recompute the whole prefix at every step; tokens before END."""
+        """The original loop: recompute the whole prefix at every step; tokens before END. (Theirs
+        runs max_len steps, ours max_len - 1: the START slot counts; only a caption that has not
+        ended by then differs, by its last word.)"""
         memory, _ = self.encoder(before, after)
         seq = torch.full((before.shape[0], 1), START, dtype=torch.long)
         for _ in range(self.max_len - 1):
@@ -314,8 +381,8 @@ def write_original(folder: Path, cfg: dict[str, Any], ref: nn.Module | None = No
     folder.mkdir(parents=True, exist_ok=True)
     weights, config, vocab = folder / "model_best.pt", folder / "config.json", folder / "levir_vocab.json"
     torch.save(state if state is not None else ref.state_dict(), weights)  # type: ignore[union-attr]
-    config.write_text(json.dumps(cfg))
-    vocab.write_text(json.dumps({w: i for i, w in enumerate([*SPECIAL_TOKENS, *WORDS])}))
+    config.write_text(AUTHORS_CONFIG if cfg == PAPER else json.dumps(cfg, indent=2))
+    vocab.write_text(json.dumps(VOCAB))
     return weights, config, vocab
 
 
@@ -345,9 +412,11 @@ def make_original(folder: Path, cfg: dict[str, Any], seed: int = 2, fast: bool =
         with torch.device("meta"):
             ref = RefRSICRC(cfg, vocab_size)
         fast_random_init(ref)
-        ref.decoder.lm_head.weight = ref.decoder.tokens_embed.weight  # to_empty untied them
-        pe = ref.decoder.position_encoding.pe
-        pe.copy_(RefPositionalEncoding(cfg["d_model"], pe.shape[0]).pe)
+        if cfg["tie_embeddings"]:
+            ref.decoder.lm_head.weight = ref.decoder.tokens_embed.weight  # to_empty untied them
+        if not cfg["learnable"]:
+            pe = ref.decoder.position_encoding.pe
+            pe.copy_(RefPositionalEncoding(cfg["d_model"], pe.shape[1]).pe)
         randomize(ref)
     else:
         ref = randomize(RefRSICRC(cfg, vocab_size))
@@ -358,6 +427,11 @@ def make_original(folder: Path, cfg: dict[str, Any], seed: int = 2, fast: bool =
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Original:
     return make_original(tmp_path_factory.mktemp("original"), SMALL)
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory: pytest.TempPathFactory) -> Original:
+    return make_original(tmp_path_factory.mktemp("variant"), VARIANT)
 
 
 @pytest.fixture(scope="module")
@@ -399,8 +473,16 @@ def assert_parity(ref: RefRSICRC, model: nn.Module, image_size: int, vocab_size:
 def test_small_import_matches_the_original_model(small: Original, small_ckpt: Path) -> None:
     ckpt = load_checkpoint(small_ckpt)
     assert ckpt.model.cfg.value_from_key and ckpt.model.encoder.proj is not None
-    assert ckpt.vocab.words == (*SPECIAL_TOKENS, *WORDS)
+    assert ckpt.vocab.words == OUR_WORDS and OUR_WORDS[:7] != (*SPECIAL_TOKENS, *WORDS[:3])
     assert_parity(small.ref, ckpt.model, SMALL["image_size"], len(ckpt.vocab))
+
+
+def test_variant_import_matches_the_original_model(variant: Original, tmp_path: Path) -> None:
+    """prenorm, learnable and untied head: the original's other decoder, imported as such."""
+    ckpt = load_checkpoint(import_original(variant.weights, variant.config, variant.vocab, tmp_path / "c"))
+    cfg = ckpt.model.cfg
+    assert (cfg.prenorm, cfg.learned_positions, cfg.tie_embeddings) == (True, True, False)
+    assert_parity(variant.ref, ckpt.model, VARIANT["image_size"], len(ckpt.vocab))
 
 
 def test_the_value_quirk_matters(small: Original, small_ckpt: Path) -> None:
@@ -421,15 +503,16 @@ def test_checkpoint_folder_records_the_import(small: Original, small_ckpt: Path)
     assert config["backbone"] == {"layers": [1, 1, 1, 1], "width": 8, "frozen_stages": 2}
     assert (config["d_model"], config["max_len"], config["image_size"]) == (64, 12, 96)
     meta = json.loads((small_ckpt / "training.json").read_text())
-    assert meta["ignored_config_keys"] == ["batch_size", "epochs", "fna", "lr", "s_threshold"]
+    assert meta["training_only_config_keys"] == TRAINING_ONLY
     assert meta["original_config"] == SMALL
     assert not [p for p in small_ckpt.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
 def test_paper_config_shapes_convert() -> None:
     """RN50 / d_model 2048: every original tensor finds its place (shapes only, on meta)."""
-    cfg, ignored = model_config_from_original(PAPER)
-    assert ignored == ["lr"] and cfg.backbone.layers == (3, 4, 6, 3) and cfg.backbone.width == 64
+    cfg, training_only = model_config_from_original(PAPER)
+    assert training_only == TRAINING_ONLY and cfg.backbone.layers == (3, 4, 6, 3) and cfg.backbone.width == 64
+    assert (cfg.prenorm, cfg.learned_positions, cfg.tie_embeddings) == (False, False, True)
     assert cfg.value_from_key and cfg.grid == 7
     with torch.device("meta"):
         ref = RefRSICRC(PAPER, 468)
@@ -486,6 +569,52 @@ def test_imported_model_exports_to_onnx(small: Original, small_ckpt: Path, tmp_p
     close(torch.from_numpy(text), want_text, tol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["authors", "variant"])
+def test_cli_round_trip_captions_like_the_original(which: str, small: Original, variant: Original,
+                                                   tmp_path: Path) -> None:
+    """Their files as they are -> rsicrc import-original -> rsicrc export -> rsicrc caption (the
+    torch-free runtime, greedy): the reference's greedy tokens, spelled with the file's words."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from PIL import Image
+
+    from rsicrc.cli.main import app
+    from rsicrc.runtime.preprocess import PreprocessSpec, preprocess_batch
+
+    original = small if which == "authors" else variant
+    runner = CliRunner()
+
+    def run(*args: Any) -> str:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    ckpt, model = tmp_path / "ckpt", tmp_path / "model"
+    run("import-original", original.weights, "--config", original.config, "--vocab", original.vocab,
+        "--out", ckpt)
+    run("export", ckpt, "--out", model, "--quiet")
+    spec = PreprocessSpec.from_dict(json.loads((model / "manifest.json").read_text())["preprocess"])
+    images = np.random.default_rng(5).integers(0, 256, (2, 2, 96, 96, 3), dtype=np.uint8)  # pair, side
+    got, captions = [], []
+    for k in range(2):
+        paths = [tmp_path / f"{k}{side}.png" for side in "AB"]
+        for path, image in zip(paths, images[k], strict=True):
+            Image.fromarray(image).save(path)
+        doc = json.loads(run("caption", *paths, "--model", model, "--json", "--beam", "1", "--device", "cpu",
+                             "--precision", "fp32"))
+        got.append(doc["tokens"])
+        captions.append(doc["caption"])
+    before, after = (torch.from_numpy(preprocess_batch(list(images[:, side]), spec)) for side in (0, 1))
+    want = original.ref.greedy(before, after)
+    assert got == want, (got, want)
+    # Their inverse vocabulary spells every id; ours skips PAD and START (random weights emit them,
+    # trained ones do not: neither is ever a target) and writes UNK as <UNK>.
+    words = {i: w for w, i in json.loads(original.vocab.read_text()).items()} | {UNK: "<UNK>"}
+    assert captions == [" ".join(words[t] for t in tokens if t not in (PAD, START)) for tokens in want]
+    assert want[0] != want[1] and any(len(set(c)) > 2 for c in want)  # captions that can tell
+
+
 # ----------------------------------------------------------------------------- state-dict variants
 
 
@@ -501,10 +630,12 @@ def test_lm_head_key_is_optional_and_pe_layout_free(small: Original) -> None:
     state = small_state(small)
     full = convert_state_dict(state, small_cfg())
     state.pop(HEAD_KEY)
-    state[PE_KEY] = state[PE_KEY].transpose(0, 1)  # [1, L, C]
+    state[PE_KEY] = state[PE_KEY].transpose(0, 1)  # [L, 1, C]
     without = convert_state_dict(state, small_cfg())
     assert full.keys() == without.keys()
     assert all(torch.equal(full[k], without[k]) for k in full)
+    state[PE_KEY] = RefPositionalEncoding(SMALL["d_model"], SMALL["max_len"] + 9).pe  # longer than used
+    assert convert_state_dict(state, small_cfg()).keys() == full.keys()
     q, k, v = (full[f"decoder.cross.1.cross_attn.{n}_proj.bias"] for n in "qkv")
     assert torch.equal(torch.cat([q, k, v]), state["decoder.cross_decoder.1.cross_attn.in_proj_bias"])
 
@@ -522,10 +653,23 @@ def test_wrapped_state_dict_loads(small: Original, tmp_path: Path, wrapper: str)
     assert load_original_state_dict(tmp_path / "w.pt").keys() == small_state(small).keys()
 
 
-def test_untied_lm_head_is_refused(small: Original) -> None:
+def test_an_untied_head_needs_tie_embeddings_false(small: Original) -> None:
     state = small_state(small)
     state[HEAD_KEY] = state[HEAD_KEY] + 1.0
-    with pytest.raises(CheckpointError, match="lm_head.weight differs"):
+    with pytest.raises(CheckpointError, match="lm_head.weight differs .* has tie_embeddings: true; set it"):
+        convert_state_dict(state, small_cfg())
+    untied = dataclasses.replace(small_cfg(), tie_embeddings=False)
+    converted = convert_state_dict(state, untied)
+    assert torch.equal(converted["decoder.head.weight"], state[HEAD_KEY])
+    assert torch.equal(converted["decoder.tokens_embed.weight"], state["decoder.tokens_embed.weight"])
+
+
+def test_positions_must_match_learnable(small: Original) -> None:
+    state = small_state(small)
+    with pytest.raises(CheckpointError, match=r"sin/cos table .* has learnable: true; set it to false"):
+        convert_state_dict(state, dataclasses.replace(small_cfg(), learned_positions=True))
+    state[POS_EMB_KEY] = torch.zeros(SMALL["max_len"], SMALL["d_model"])
+    with pytest.raises(CheckpointError, match=r"learned positions .* has learnable: false; set it to true"):
         convert_state_dict(state, small_cfg())
 
 
@@ -555,7 +699,7 @@ def test_a_foreign_position_table_is_refused(small: Original) -> None:
     state[PE_KEY] = torch.zeros_like(state[PE_KEY])
     with pytest.raises(CheckpointError, match="not the standard interleaved sin/cos"):
         convert_state_dict(state, small_cfg())
-    state[PE_KEY] = state[PE_KEY][:5]
+    state[PE_KEY] = state[PE_KEY][:, :5]
     with pytest.raises(CheckpointError, match="12 or more positions"):
         convert_state_dict(state, small_cfg())
 
@@ -577,8 +721,12 @@ def test_pickles_with_python_objects_are_refused(small: Original, tmp_path: Path
 
 
 def test_config_mapping_errors() -> None:
-    with pytest.raises(ConfigError, match="unsupported backbone 'ViT-B-32'; supported: RN50"):
+    with pytest.raises(ConfigError, match=r'backbone "ViT-B-32" is not supported \(valid: RN50;'):
         model_config_from_original({**PAPER, "backbone": "ViT-B-32"})
+    with pytest.raises(ConfigError, match="prenorm must be true or false, got \"yes\""):
+        model_config_from_original({**PAPER, "prenorm": "yes"})
+    with pytest.raises(ConfigError, match="learnable must be true or false, got 1"):
+        model_config_from_original({**PAPER, "learnable": 1})
     with pytest.raises(ConfigError, match="missing architecture key.* a_dim"):
         model_config_from_original({k: v for k, v in PAPER.items() if k != "a_dim"})
     with pytest.raises(ConfigError, match="num_heads must be an integer"):
@@ -587,9 +735,83 @@ def test_config_mapping_errors() -> None:
         model_config_from_original({**PAPER, "num_heads": 7})
 
 
+def test_every_key_of_the_authors_config_is_read() -> None:
+    """Their config.json: architecture keys set the model, the rest is training-only; their
+    decoder switches map onto ours; keys they never had are refused, all listed, in one line."""
+    cfg, training_only = model_config_from_original(json.loads(AUTHORS_CONFIG))
+    assert training_only == TRAINING_ONLY
+    assert (cfg.d_model, cfg.max_len, cfg.encoder_layers, cfg.decoder_layers) == (2048, 41, 3, 1)
+    assert (cfg.num_heads, cfg.h_dim, cfg.a_dim, cfg.dropout, cfg.image_size) == (8, 512, 2048, 0.1, 224)
+    variant, _ = model_config_from_original({**PAPER, **{k: VARIANT[k] for k in SWITCHES}})
+    assert (variant.prenorm, variant.learned_positions, variant.tie_embeddings) == (True, True, False)
+    bare = {k: v for k, v in PAPER.items() if k not in (*SWITCHES, *TRAINING_ONLY)}
+    assert model_config_from_original(bare) == (cfg, [])  # ICCModel's defaults
+    with pytest.raises(ConfigError) as err:
+        model_config_from_original({**PAPER, "learning_rate": 1e-4, "epochs": 50})
+    msg = str(err.value)
+    assert msg.startswith("config.json: unknown key(s) epochs, learning_rate; the original config.json keys")
+    assert "s-transformers" in msg and "\n" not in msg
+
+
+def test_training_only_keys_are_logged_and_recorded(small: Original, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="rsicrc.import_original"):
+        out = import_original(small.weights, small.config, small.vocab, tmp_path / "ckpt")
+    lines = [r.getMessage() for r in caplog.records if "only affect training" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "original config: fine_tune, s-transformers, s-threshold, fna only affect training (fine_tune: ")
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["original_config"]["s-transformers"] == "sentence-transformers/msmarco-distilbert-cos-v5"
+
+
+def test_authors_vocabulary_keeps_its_ids(tmp_path: Path) -> None:
+    """Their file (specials last, words in count order), our spelling and any key order all give
+    the same vocabulary: the file's ids, the specials under our names."""
+    assert list(VOCAB)[-4:] == ["PAD", "START", "UNK", "END"]  # as their code writes it
+    path = tmp_path / "levir_vocab.json"
+    path.write_text(json.dumps(VOCAB))
+    vocab = read_original_vocab(path)
+    assert vocab.words == OUR_WORDS
+    assert all(vocab.id(w) == i for w, i in VOCAB.items() if w not in ("PAD", "START", "UNK", "END"))
+    ours = {**{w: i for w, i in VOCAB.items() if i >= 4}, **{t: i for i, t in enumerate(SPECIAL_TOKENS)}}
+    items = list(ours.items())
+    random.Random(0).shuffle(items)
+    path.write_text(json.dumps(dict(items)))
+    assert read_original_vocab(path).words == OUR_WORDS
+
+
+def _vocab_text(**changes: Any) -> str:
+    vocab = dict(VOCAB)
+    for key, value in changes.items():
+        if value is None:
+            vocab.pop(key)
+        else:
+            vocab[key] = value
+    return json.dumps(vocab)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (_vocab_text(END=None), r"END \(or <END>\) is missing"),
+    (_vocab_text(**{"<NULL>": 0}), "both PAD and <NULL> are present"),
+    (_vocab_text(PAD=5, the=0), "PAD has id 5, expected 0"),
+    (_vocab_text(road=VOCAB["house"]), r"duplicate ids: id \d+ \('\w+', '\w+'\)$"),
+    (_vocab_text(road=99), r"ids must run 0\.\.23 without gaps; missing \d+; out of range 99"),
+    (_vocab_text(road="7"), "ids must be integers; got 'road': '7'"),
+    ('{"PAD": 0, "START": 1, "UNK": 2, "END": 3, "the": 4, "the": 5}', "written more than once: the"),
+    ('["PAD", "START"]', "expected a JSON object"),
+    ('{"PAD": 0,', "invalid JSON"),
+])
+def test_bad_vocabularies_are_refused_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "v.json"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=message) as err:
+        read_original_vocab(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_vocabulary_must_fit_the_embedding(small: Original, tmp_path: Path) -> None:
     vocab = tmp_path / "v.json"
-    vocab.write_text(json.dumps({w: i for i, w in enumerate([*SPECIAL_TOKENS, "the"])}))
+    vocab.write_text(json.dumps({"the": 4, "PAD": 0, "START": 1, "UNK": 2, "END": 3}))
     with pytest.raises(CheckpointError, match="has 5 entries but the weights embed 24 tokens"):
         import_original(small.weights, small.config, vocab, tmp_path / "out")
     assert not (tmp_path / "out").exists()

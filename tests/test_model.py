@@ -17,8 +17,12 @@ def tiny_model(vocab: int = 40, **changes: object) -> RSICRC:
     return RSICRC(cfg, vocab).eval()
 
 
-def test_cached_steps_equal_full_forward() -> None:
-    model = tiny_model()
+VARIANT = {"prenorm": True, "learned_positions": True, "tie_embeddings": False}  # the original's options
+
+
+@pytest.mark.parametrize("changes", [{}, VARIANT], ids=["paper", "prenorm-learned-untied"])
+def test_cached_steps_equal_full_forward(changes: dict[str, bool]) -> None:
+    model = tiny_model(**changes)
     b, n = 3, 14
     before, after = torch.randn(b, 3, 128, 128), torch.randn(b, 3, 128, 128)
     tokens = torch.randint(4, 40, (b, n))
@@ -41,6 +45,22 @@ def test_cached_steps_equal_full_forward() -> None:
     assert forced.std(-1).min() > 0  # and not uniform: the tokens are looked at unequally
     assert torch.equal(visual, full.visual)
     assert full.logits.shape == (b, n, 40)
+
+
+def test_decoder_variants_add_only_their_weights() -> None:
+    """The defaults keep the state dict's keys; the variants add a head and a position table and
+    change the outputs (post-norm vs prenorm with the same weights)."""
+    paper, variant = tiny_model(), tiny_model(**VARIANT)
+    assert set(variant.state_dict()) - set(paper.state_dict()) == {"decoder.head.weight", "decoder.pe"}
+    assert set(paper.state_dict()) <= set(variant.state_dict())
+    assert "decoder.pe" not in paper.state_dict()
+    prenorm = tiny_model(prenorm=True)
+    prenorm.load_state_dict(paper.state_dict())
+    tokens = torch.tensor([[1, 5, 6, 3]])
+    with torch.no_grad():
+        a = paper.encode_text(tokens, torch.tensor([4]))
+        b = prenorm.encode_text(tokens, torch.tensor([4]))
+    assert (a - b).abs().max() > 1e-3
 
 
 def test_decode_step_uses_the_cache() -> None:

@@ -1,4 +1,5 @@
-"""Text side: tied embeddings, unimodal (text-embedding) stack, multimodal (captioning) stack.
+"""Text side: token embeddings (tied LM head by default), unimodal (text-embedding) stack,
+multimodal (captioning) stack.
 
 Two ways through the same weights: `forward` over whole sequences (training, text
 embeddings) and `step` over one token with fixed-capacity caches (decoding, export).
@@ -27,11 +28,16 @@ def sinusoid_table(length: int, width: int) -> Tensor:
 
 
 class DecoderLayer(nn.Module):
-    """Post-norm layer: causal self-attention [-> cross-attention] -> GELU feed-forward."""
+    """Causal self-attention [-> cross-attention] -> GELU feed-forward, each a residual sub-block.
+
+    Post-norm (the paper): x = norm(x + f(x)). With `cfg.prenorm`: x = x + f(norm(x)), the cross
+    keys/values still taken from the un-normalised memory (as the original code does).
+    """
 
     def __init__(self, cfg: ModelConfig, cross: bool) -> None:
         super().__init__()
         c = cfg.d_model
+        self.prenorm = cfg.prenorm
         self.self_attn = DecoderAttention(c, cfg.num_heads, cfg.dropout)
         self.sa_norm = nn.LayerNorm(c)
         self.cross_attn = DecoderAttention(c, cfg.num_heads, cfg.dropout) if cross else None
@@ -41,35 +47,49 @@ class DecoderLayer(nn.Module):
         self.ff_norm = nn.LayerNorm(c)
         self.drop = nn.Dropout(cfg.dropout)
 
+    def block_input(self, x: Tensor, norm: nn.Module) -> Tensor:
+        """What a sub-block reads: x itself (post-norm) or norm(x) (prenorm)."""
+        return norm(x) if self.prenorm else x
+
+    def residual(self, x: Tensor, out: Tensor, norm: nn.Module) -> Tensor:
+        """x plus a sub-block's output, normalised after the sum unless prenorm."""
+        return x + out if self.prenorm else norm(x + out)
+
     def feed_forward(self, x: Tensor) -> Tensor:
-        h = self.drop(F.gelu(self.ff_linear1(x)))  # [B, L, 4C]
-        return self.ff_norm(x + self.drop(self.ff_linear2(h)))  # [B, L, C]
+        h = self.drop(F.gelu(self.ff_linear1(self.block_input(x, self.ff_norm))))  # [B, L, 4C]
+        return self.residual(x, self.drop(self.ff_linear2(h)), self.ff_norm)  # [B, L, C]
+
+    def self_attention(self, x: Tensor) -> Tensor:
+        sa = self.self_attn(self.block_input(x, self.sa_norm), causal=True)  # [B, L, C]
+        return self.residual(x, self.drop(sa), self.sa_norm)
 
     def forward(self, x: Tensor, memory: Tensor | None = None) -> Tensor:
-        x = self.sa_norm(x + self.drop(self.self_attn(x, causal=True)))  # [B, L, C]
+        x = self.self_attention(x)  # [B, L, C]
         if self.cross_attn is not None and self.mha_norm is not None:
-            x = self.mha_norm(x + self.drop(self.cross_attn(x, memory=memory)))  # [B, L, C]
+            ca = self.cross_attn(self.block_input(x, self.mha_norm), memory=memory)  # [B, L, C]
+            x = self.residual(x, self.drop(ca), self.mha_norm)
         return self.feed_forward(x)
 
     def step(self, x: Tensor, onehot: Tensor, valid: Tensor, k_cache: Tensor, v_cache: Tensor,
              cross_kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """x [B, 1, C]; caches [B, H, S, dh]; cross_kv [B, H, N, dh] x2 for multimodal layers.
         Returns x, the caches and (multimodal layers) the cross-attention, mean over heads [B, N]."""
-        sa, k_cache, v_cache = self.self_attn.step_self(x, onehot, valid, k_cache, v_cache)
-        x = self.sa_norm(x + sa)  # [B, 1, C]
+        sa, k_cache, v_cache = self.self_attn.step_self(self.block_input(x, self.sa_norm), onehot, valid,
+                                                        k_cache, v_cache)
+        x = self.residual(x, sa, self.sa_norm)  # [B, 1, C]
         attention = None
         if self.cross_attn is not None and self.mha_norm is not None and cross_kv is not None:
-            ca, attention = self.cross_attn.step_cross(x, *cross_kv)  # [B, 1, C], [B, N]
-            x = self.mha_norm(x + ca)  # [B, 1, C]
+            ca, attention = self.cross_attn.step_cross(self.block_input(x, self.mha_norm), *cross_kv)
+            x = self.residual(x, ca, self.mha_norm)  # [B, 1, C]; attention [B, N]
         return self.feed_forward(x), k_cache, v_cache, attention
 
     def cross_weights(self, x: Tensor, memory: Tensor) -> Tensor:
         """Teacher-forced cross-attention weights of this (multimodal) layer: x [B, L, C] is the
         layer's input, memory [B, N, C] -> [B, H, L, N]."""
-        if self.cross_attn is None:
+        if self.cross_attn is None or self.mha_norm is None:
             raise ValueError("a unimodal layer has no cross-attention")
-        x = self.sa_norm(x + self.drop(self.self_attn(x, causal=True)))  # [B, L, C]
-        return self.cross_attn.cross_weights(x, memory)  # [B, H, L, N]
+        x = self.self_attention(x)  # [B, L, C]
+        return self.cross_attn.cross_weights(self.block_input(x, self.mha_norm), memory)  # [B, H, L, N]
 
 
 Cache = list[tuple[Tensor, Tensor]]
@@ -81,7 +101,15 @@ class TextDecoder(nn.Module):
         self.cfg = cfg
         self.tokens_embed = nn.Embedding(vocab_size, cfg.d_model)
         nn.init.uniform_(self.tokens_embed.weight, -0.1, 0.1)
-        self.register_buffer("pe", sinusoid_table(cfg.max_len, cfg.d_model), persistent=False)
+        self.head: nn.Linear | None = None  # an untied LM head (cfg.tie_embeddings off)
+        if not cfg.tie_embeddings:
+            self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+            nn.init.uniform_(self.head.weight, -0.1, 0.1)
+        self.pe: Tensor  # [max_len, C] positions: a fixed sin/cos buffer, or learned
+        if cfg.learned_positions:
+            self.pe = nn.Parameter(torch.randn(cfg.max_len, cfg.d_model))  # nn.Embedding's init
+        else:
+            self.register_buffer("pe", sinusoid_table(cfg.max_len, cfg.d_model), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.uni = nn.ModuleList(DecoderLayer(cfg, cross=False) for _ in range(cfg.decoder_layers))
         self.cross = nn.ModuleList(DecoderLayer(cfg, cross=True) for _ in range(cfg.decoder_layers))
@@ -92,7 +120,8 @@ class TextDecoder(nn.Module):
         return [*self.uni, *self.cross]
 
     def lm_head(self, x: Tensor) -> Tensor:
-        return x @ self.tokens_embed.weight.t()  # tied, no bias: [.., V]
+        weight = self.tokens_embed.weight if self.head is None else self.head.weight  # [V, C]
+        return x @ weight.t()  # no bias: [.., V]
 
     def embed(self, tokens: Tensor) -> Tensor:
         """tokens [B, L] -> [B, L, C] (L <= max_len)."""
