@@ -21,6 +21,10 @@ def train_command(
     lambda_: float | None = typer.Option(None, "--lambda", help="Weight of InfoNCE (paper 0.5)."),
     temperature: float | None = typer.Option(None, help="InfoNCE temperature (paper 0.01)."),
     fn_threshold: float | None = typer.Option(None, help="Caption similarity for false negatives (1.0)."),
+    nce_average: str | None = typer.Option(
+        None, help="InfoNCE mean: positives (paper; no-change pairs weigh k*k in a batch with k) "
+                   "or anchors (each pair weighs the same)."),
+    lr_decay: str | None = typer.Option(None, help="After warmup: none (constant, paper) or cosine (to 0)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (mixed precision on CUDA)."),
     seed: int = typer.Option(0, help="Seed for initialization and sample order."),
     backbone_weights: Path | None = typer.Option(
@@ -38,7 +42,8 @@ def train_command(
 
     def run():  # noqa: ANN202 - returns TrainResult (imported lazily)
         cfg = override(load_config(config), epochs=epochs, batch_size=batch_size, lr=lr,
-                       contrastive_weight=lambda_, temperature=temperature, fn_threshold=fn_threshold)
+                       contrastive_weight=lambda_, temperature=temperature, fn_threshold=fn_threshold,
+                       nce_average=nce_average, lr_decay=lr_decay)
         return train(TrainOptions(data=data, out=out, config=cfg, max_steps=max_steps,
                                   max_minutes=max_minutes, device=device, seed=seed,
                                   backbone_weights=backbone_weights, resume=resume,

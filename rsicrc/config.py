@@ -87,6 +87,10 @@ class ModelConfig:
         return self
 
 
+NCE_AVERAGES = ("positives", "anchors")  # how InfoNCE averages its terms (loss.info_nce)
+LR_DECAYS = ("none", "cosine")  # the learning rate after warmup (train.lr_factor)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training hyper-parameters; the defaults are the paper's (DESIGN §3)."""
@@ -97,10 +101,12 @@ class TrainConfig:
     batch_size: int = 4  # samples per step (one caption per sample)
     epochs: int = 50  # passes over the training captions
     warmup_fraction: float = 0.025  # linear warmup over this share of all steps
+    lr_decay: str = "none"  # after warmup: "none" keeps lr constant (paper), "cosine" decays to 0
     contrastive_weight: float = 0.5  # lambda: loss = CE + lambda * InfoNCE
     temperature: float = 0.01  # InfoNCE temperature tau
     fn_threshold: float = 1.0  # caption similarity at which two pairs are false negatives
     fna: bool = True  # false-negative attraction (else elimination only)
+    nce_average: str = "positives"  # InfoNCE mean over all positives (paper) or per anchor first
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     label_smoothing: float = 0.0  # cross-entropy label smoothing
 
@@ -109,6 +115,11 @@ class TrainConfig:
             raise ConfigError("lr, batch_size, epochs and temperature must be positive")
         if not 0.0 < self.fn_threshold <= 1.0:
             raise ConfigError(f"fn_threshold must be in (0, 1], got {self.fn_threshold}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"lr_decay must be one of {', '.join(LR_DECAYS)}; got {self.lr_decay!r}")
+        if self.nce_average not in NCE_AVERAGES:
+            raise ConfigError(f"nce_average must be one of {', '.join(NCE_AVERAGES)}; "
+                              f"got {self.nce_average!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ConfigError("warmup_fraction must be in [0, 1)")
         return self

@@ -29,15 +29,26 @@ def contrastive_masks(labels: Tensor, captions: Sequence[str], matcher: CaptionM
 
 
 def info_nce(visual: Tensor, text: Tensor, positive: Tensor, negative: Tensor,
-             temperature: float) -> Tensor:
-    """Mean over positives (a, p) of -log(e^{s_ap/t} / (e^{s_ap/t} + sum_n e^{s_an/t}))."""
+             temperature: float, average: str = "positives") -> Tensor:
+    """-log(e^{s_ap/t} / (e^{s_ap/t} + sum_n e^{s_an/t})) averaged over the positives (a, p).
+
+    `average="positives"` (the paper's) takes the plain mean over all positive entries, so a
+    batch with k no-change pairs gives them k*k terms against one term per changed pair;
+    `"anchors"` first averages each anchor's positives, then the anchors, so every pair weighs
+    the same whatever the batch's no-change share (DESIGN §3).
+    """
     sim = F.normalize(visual.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()  # [B, B]
     logits = sim / temperature  # [B, B]
     lowest = torch.finfo(logits.dtype).min
     neg_lse = torch.logsumexp(logits.masked_fill(~negative, lowest), dim=1, keepdim=True)  # [B, 1]
     neg_lse = torch.where(negative.any(dim=1, keepdim=True), neg_lse, torch.full_like(neg_lse, lowest))
     per_pair = F.softplus(neg_lse - logits)  # [B, B]: -log(e^s / (e^s + e^neg))
-    return per_pair[positive].mean()
+    if average == "positives":
+        return per_pair[positive].mean()
+    counts = positive.sum(dim=1)  # [B]
+    has = counts > 0  # [B]: anchors with at least one positive
+    per_anchor = (per_pair * positive).sum(dim=1)[has] / counts[has]  # [A]
+    return per_anchor.mean()
 
 
 def caption_loss(logits: Tensor, tokens: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -1,4 +1,4 @@
-"""`rsicrc-train`: warmup-then-constant AdamW, CE + lambda * InfoNCE, best checkpoint by val loss."""
+"""`rsicrc-train`: AdamW (warmup, then constant or cosine), CE + lambda * InfoNCE, best by val loss."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def batch_loss(model: RSICRC, batch: Batch, config: Config, matcher: CaptionMatc
         out = model(before, after, batch.tokens, batch.lengths)
     ce = caption_loss(out.logits, batch.tokens, t.label_smoothing)
     pos, neg = contrastive_masks(batch.labels, batch.captions, matcher, t.fna)
-    nce = info_nce(out.visual, out.text, pos, neg, t.temperature)
+    nce = info_nce(out.visual, out.text, pos, neg, t.temperature, t.nce_average)
     return ce + t.contrastive_weight * nce, ce, nce
 
 
@@ -94,6 +95,16 @@ def validation_loss(model: RSICRC, loader: DataLoader, device: torch.device, con
         n += k
     model.train()
     return {"loss": sums[0] / n, "ce": sums[1] / n, "nce": sums[2] / n}
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warmup over
+    `warmup` steps, then constant (the paper's) or a cosine down to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "cosine" and total > warmup:
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+    return 1.0
 
 
 def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -152,7 +163,8 @@ def train(opts: TrainOptions) -> TrainResult:
     if opts.max_steps is not None:
         total_steps = min(total_steps, opts.max_steps)
     warmup = max(1, int(tc.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup,
+                                                                     total=total_steps, decay=tc.lr_decay))
     matcher = CaptionMatcher(tc.fn_threshold)
     val_loader = DataLoader(val_ds, batch_size=tc.batch_size, collate_fn=collate,
                             num_workers=opts.num_workers)

@@ -33,17 +33,22 @@ def test_masks_with_elimination_only() -> None:
 
 
 def direct_loss(visual: torch.Tensor, text: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                tau: float) -> float:
+                tau: float, average: str = "positives") -> float:
     v = [x / x.norm() for x in visual.double()]
     t = [x / x.norm() for x in text.double()]
-    terms = []
+    terms: list[list[float]] = []  # per anchor
     for a in range(len(v)):
         negatives = sum(math.exp(float(v[a] @ t[n]) / tau) for n in range(len(t)) if neg[a, n])
+        row = []
         for p in range(len(t)):
             if pos[a, p]:
                 s = math.exp(float(v[a] @ t[p]) / tau)
-                terms.append(-math.log(s / (s + negatives)))
-    return sum(terms) / len(terms)
+                row.append(-math.log(s / (s + negatives)))
+        if row:
+            terms.append(row)
+    if average == "anchors":
+        return sum(sum(row) / len(row) for row in terms) / len(terms)
+    return sum(sum(row) for row in terms) / sum(len(row) for row in terms)
 
 
 def test_loss_matches_direct_computation() -> None:
@@ -52,8 +57,32 @@ def test_loss_matches_direct_computation() -> None:
     for fna in (True, False):
         pos, neg = contrastive_masks(LABELS, CAPTIONS, CaptionMatcher(1.0), fna=fna)
         for tau in (0.07, 1.0):
-            got = float(info_nce(visual, text, pos, neg, tau))
-            assert math.isclose(got, direct_loss(visual, text, pos, neg, tau), rel_tol=1e-5)
+            for average in ("positives", "anchors"):
+                got = float(info_nce(visual, text, pos, neg, tau, average))
+                want = direct_loss(visual, text, pos, neg, tau, average)
+                assert math.isclose(got, want, rel_tol=1e-5)
+
+
+def test_anchor_average_keeps_a_changed_pair_s_weight_when_no_change_pairs_grow() -> None:
+    """With the paper's mean over positives, k no-change pairs bring k*k terms and drown the
+    changed pairs (the demo's batch 32 holds ~16); the per-anchor mean gives each pair one vote."""
+    torch.manual_seed(3)
+    for k in (2, 8):
+        labels = torch.tensor([10, 11] + [-1] * k)
+        captions = ["a road appears", "a house is built"] + ["the scene is the same as before"] * k
+        pos, neg = contrastive_masks(labels, captions, CaptionMatcher(1.0), fna=True)
+        visual = torch.randn(len(labels), 8, requires_grad=True)
+        text = torch.randn(len(labels), 8)
+        for average, share in (("positives", 2 / (2 + k * k)), ("anchors", 2 / (2 + k))):
+            visual.grad = None
+            info_nce(visual, text, pos, neg, 0.1, average).backward()
+            # the changed anchors' terms are the only ones that reach their visual rows, and each
+            # weighs `share` of the loss: compare with the loss of the changed anchors alone
+            only = torch.zeros_like(pos)
+            only[:2] = pos[:2]
+            v2 = visual.detach().clone().requires_grad_(True)
+            info_nce(v2, text, only, neg, 0.1, "positives").backward()
+            assert torch.allclose(visual.grad[:2], share * v2.grad[:2], atol=1e-6)
 
 
 def test_loss_with_small_temperature_is_finite_and_differentiable() -> None:
